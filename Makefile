@@ -1,0 +1,30 @@
+# The two commands of README: `make repro` runs the pipeline, `make test` runs the tests.
+# Both create or refresh .venv from requirements.txt first; the stamp makes that free when
+# nothing changed.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.requirements-installed
+
+export PATH := $(abspath $(VENV)/bin):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: repro test lint venv
+
+repro: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest
+
+lint: $(STAMP)
+	ruff check .
+	ruff format --check .
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
+		"error: Python 3.11 or newer is needed, $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -r requirements.txt
+	touch $@

@@ -1,0 +1,1 @@
+"""Shared logic of the MNIST pipeline: params, file formats, data sources, stage running."""

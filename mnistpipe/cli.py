@@ -1,0 +1,22 @@
+"""How a stage runs from the command line: logging for people, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from mnistpipe.errors import PipelineError
+
+
+def run_stage(main: Callable[[], None], name: str) -> None:
+    """Run a stage's `main`; expected failures print `<name>: error: ...` and exit 1."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    try:
+        main()
+    except (PipelineError, OSError) as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        sys.exit(130)

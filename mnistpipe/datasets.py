@@ -1,0 +1,58 @@
+"""The datasets the pipeline knows: canonical idx file names, official checksums, classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+TRAIN_LABELS = "train-labels-idx1-ubyte"
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+TEST_LABELS = "t10k-labels-idx1-ubyte"
+IDX_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    torchvision_class: str  # attribute of torchvision.datasets
+    md5: dict[str, str]  # idx file name -> MD5 of the extracted (uncompressed) file
+    classes: tuple[str, ...]  # class index -> human-readable name
+    debian_dir: str | None = None  # where a Debian package installs the idx files
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        torchvision_class="MNIST",
+        md5={
+            TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",
+            TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",
+            TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",
+            TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",
+        },
+        classes=tuple(str(digit) for digit in range(10)),
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        torchvision_class="FashionMNIST",
+        md5={
+            TRAIN_IMAGES: "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            TRAIN_LABELS: "9018921c3c673c538a1fc5bad174d6f9",
+            TEST_IMAGES: "8181f5470baa50b63fa0f6fddb340f0a",
+            TEST_LABELS: "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        debian_dir="/usr/share/datasets/fashion-mnist",
+    ),
+}

@@ -1,0 +1,174 @@
+"""Typed, frozen sections of params.yaml, the pipeline's only source of settings.
+
+Each stage loads the sections it reads with `load_section` before doing any work. A section
+rejects unknown keys (typos), missing keys, wrong types and values out of range, with a
+one-line message that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+
+from mnistpipe.datasets import DATASETS
+from mnistpipe.errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+SOURCE_NAMES = ("torchvision", "pypi", "debian", "local")
+
+
+class ParamsError(PipelineError):
+    pass
+
+
+@dataclass(frozen=True)
+class Section:
+    """Base of all sections: subclasses set NAME and check their ranges in `check`."""
+
+    NAME: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        pass
+
+    def fail(self, key: str, message: str) -> typing.NoReturn:
+        raise ParamsError(f"{self.NAME}.{key}: {message}, got {getattr(self, key)!r}")
+
+
+@dataclass(frozen=True)
+class DataParams(Section):
+    NAME: ClassVar[str] = "data"
+    dataset: str
+
+    def check(self) -> None:
+        if self.dataset not in DATASETS:
+            self.fail("dataset", f"must be one of {', '.join(DATASETS)}")
+
+
+@dataclass(frozen=True)
+class DownloadParams(Section):
+    NAME: ClassVar[str] = "download"
+    sources: tuple[str, ...]  # tried in this order until one gives files with the official MD5s
+    local_dir: str | None  # folder with the four idx files, gzipped or not (source "local")
+
+    def check(self) -> None:
+        if not self.sources:
+            self.fail("sources", "must name at least one source")
+        unknown = [name for name in self.sources if name not in SOURCE_NAMES]
+        if unknown:
+            self.fail(
+                "sources", f"unknown source {unknown[0]!r}; known: {', '.join(SOURCE_NAMES)}"
+            )
+        if len(set(self.sources)) != len(self.sources):
+            self.fail("sources", "must not repeat a source")
+
+
+@dataclass(frozen=True)
+class PreprocessParams(Section):
+    NAME: ClassVar[str] = "preprocess"
+    val_size: int  # images held out of the training set for validation, stratified by class
+    subset: int  # keep this many training images (stratified) before the split; 0 = all
+
+    def check(self) -> None:
+        if self.val_size < 1:
+            self.fail("val_size", "must be at least 1")
+        if self.subset < 0:
+            self.fail("subset", "must be 0 (all images) or a positive count")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    cls.NAME: cls for cls in (DataParams, DownloadParams, PreprocessParams)
+}
+TOP_LEVEL_SCALARS = ("seed",)
+
+S = TypeVar("S", bound=Section)
+
+
+def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Parse the params file and check that it names only known sections."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    known = (*TOP_LEVEL_SCALARS, *SECTIONS)
+    for key in raw:
+        if key not in known:
+            raise ParamsError(f"{path}: unknown section {key!r}; known: {', '.join(known)}")
+    return raw
+
+
+def load_section(cls: type[S], path: str | Path = PARAMS_FILE) -> S:
+    """Load and validate one section of the params file."""
+    raw = read_params(path)
+    if cls.NAME not in raw:
+        raise ParamsError(f"{path}: missing section {cls.NAME!r}")
+    return section_from_mapping(cls, raw[cls.NAME], path)
+
+
+def load_seed(path: str | Path = PARAMS_FILE) -> int:
+    """The one seed that every random choice of the pipeline derives from."""
+    raw = read_params(path)
+    if "seed" not in raw:
+        raise ParamsError(f"{path}: missing key 'seed'")
+    seed = _coerce(raw["seed"], int, f"{path}: seed")
+    if not 0 <= seed < 2**32:
+        raise ParamsError(f"{path}: seed: must be between 0 and 2**32 - 1, got {seed}")
+    return seed
+
+
+def section_from_mapping(cls: type[S], mapping: Any, path: str | Path = PARAMS_FILE) -> S:
+    if not isinstance(mapping, dict):
+        raise ParamsError(f"{path}: section {cls.NAME!r} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = [field.name for field in dataclasses.fields(cls)]
+    for key in mapping:
+        if key not in fields:
+            raise ParamsError(
+                f"{path}: unknown key {cls.NAME}.{key}; known keys: {', '.join(fields)}"
+            )
+    missing = [name for name in fields if name not in mapping]
+    if missing:
+        raise ParamsError(f"{path}: missing key {cls.NAME}.{missing[0]}")
+    values = {
+        name: _coerce(mapping[name], hints[name], f"{path}: {cls.NAME}.{name}") for name in fields
+    }
+    try:
+        return cls(**values)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint; lists become tuples so sections stay immutable."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _coerce(value, inner, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        (item_type, _ellipsis) = typing.get_args(hint)
+        return tuple(_coerce(item, item_type, where) for item in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and type(value) is hint:
+        return value
+    raise ParamsError(f"{where}: expected {hint.__name__}, got {value!r}")
