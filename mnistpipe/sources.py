@@ -141,7 +141,8 @@ class PypiSource:
             "-d",
             str(workdir),
         ]
-        result = subprocess.run(command, capture_output=True, text=True)
+        # pip draws its own progress bar on stdout; its errors on stderr become the reason.
+        result = subprocess.run(command, stderr=subprocess.PIPE, text=True)
         if result.returncode != 0:
             lines = [line for line in result.stderr.splitlines() if line.strip()] or ["no output"]
             raise SourceError(f"pip download exited with {result.returncode}: {lines[-1]}")
