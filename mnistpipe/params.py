@@ -84,8 +84,96 @@ class PreprocessParams(Section):
             self.fail("subset", "must be 0 (all images) or a positive count")
 
 
+MODEL_NAMES = ("cnn", "mlp")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "one-cycle", "cosine")
+
+
+@dataclass(frozen=True)
+class ModelParams(Section):
+    NAME: ClassVar[str] = "model"
+    name: str  # cnn | mlp
+    channels: tuple[int, ...]  # cnn: width of each conv stage; each stage ends in a 2x2 max-pool
+    convs_per_stage: int  # cnn: 3x3 conv + batch norm + ReLU blocks per stage
+    hidden: tuple[int, ...]  # mlp: sizes of the hidden ReLU layers
+    dropout: float  # cnn: before the classifier; mlp: after each hidden layer
+
+    def check(self) -> None:
+        if self.name not in MODEL_NAMES:
+            self.fail("name", f"must be one of {', '.join(MODEL_NAMES)}")
+        if not 1 <= len(self.channels) <= 4 or min(self.channels) < 1:
+            self.fail("channels", "must list 1 to 4 positive widths (28 px halves at each)")
+        if self.convs_per_stage < 1:
+            self.fail("convs_per_stage", "must be at least 1")
+        if any(size < 1 for size in self.hidden):
+            self.fail("hidden", "must list positive layer sizes")
+        if not 0.0 <= self.dropout < 1.0:
+            self.fail("dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainParams(Section):
+    NAME: ClassVar[str] = "train"
+    epochs: int
+    batch_size: int
+    optimizer: str  # sgd (Nesterov momentum) | adam | adamw
+    lr: float  # peak learning rate with a schedule
+    momentum: float  # sgd only
+    weight_decay: float
+    schedule: str  # none | one-cycle | cosine, stepped per batch
+    label_smoothing: float
+    augment_rotate: float  # degrees of random rotation, each way; 0 = off
+    augment_shift: float  # pixels of random translation, each way; 0 = off
+    augment_scale: float  # random zoom of 1 +- this fraction; 0 = off
+    device: str  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
+    threads: int  # CPU threads; 0 = all cores
+
+    def check(self) -> None:
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                self.fail(key, "must be at least 1")
+        if self.optimizer not in OPTIMIZERS:
+            self.fail("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            self.fail("schedule", f"must be one of {', '.join(SCHEDULES)}")
+        if not self.lr > 0:
+            self.fail("lr", "must be positive")
+        for key in ("momentum", "label_smoothing"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                self.fail(key, "must be in [0, 1)")
+        for key in ("weight_decay", "augment_rotate", "augment_shift", "augment_scale"):
+            if getattr(self, key) < 0:
+                self.fail(key, "must not be negative")
+        if self.augment_scale >= 1:
+            self.fail("augment_scale", "must be below 1")
+        _check_device(self, self.device)
+        if self.threads < 0:
+            self.fail("threads", "must be 0 (all cores) or a positive count")
+
+
+@dataclass(frozen=True)
+class EvaluateParams(Section):
+    NAME: ClassVar[str] = "evaluate"
+    batch_size: int  # images per inference batch; does not change the results
+    device: str  # auto | cpu | cuda | cuda:N
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            self.fail("batch_size", "must be at least 1")
+        _check_device(self, self.device)
+
+
+def _check_device(section: Section, device: str) -> None:
+    kind, _, index = device.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        section.fail("device", "must be auto, cpu, cuda or cuda:N")
+
+
 SECTIONS: dict[str, type[Section]] = {
-    cls.NAME: cls for cls in (DataParams, DownloadParams, PreprocessParams)
+    cls.NAME: cls
+    for cls in (
+        DataParams, DownloadParams, PreprocessParams, ModelParams, TrainParams, EvaluateParams
+    )
 }
 TOP_LEVEL_SCALARS = ("seed",)
 

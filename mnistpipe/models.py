@@ -1,0 +1,158 @@
+"""The models, their input format and their checkpoints.
+
+A checkpoint describes itself: the model config, the normalization stats, the dataset and
+its class names travel with the weights, so evaluation and prediction rebuild the model from
+the file alone. Checkpoints hold only tensors and plain Python values, so they load with
+`torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnistpipe.errors import PipelineError
+from mnistpipe.files import write_bytes_atomic
+from mnistpipe.idx import IMAGE_SHAPE, NUM_CLASSES
+from mnistpipe.params import ModelParams, section_from_mapping
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(PipelineError):
+    pass
+
+
+class CNN(nn.Module):
+    """Stages of (3x3 conv, batch norm, ReLU) x convs_per_stage then a 2x2 max-pool."""
+
+    def __init__(self, channels: tuple[int, ...], convs_per_stage: int, dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width, side = 1, IMAGE_SHAPE[0]
+        for stage_width in channels:
+            for _ in range(convs_per_stage):
+                layers += [
+                    nn.Conv2d(width, stage_width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(stage_width),
+                    nn.ReLU(inplace=True),
+                ]
+                width = stage_width
+            layers.append(nn.MaxPool2d(2))
+            side //= 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(width * side * side, NUM_CLASSES)
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(images))  # (N, 1, 28, 28) -> (N, 10) logits
+
+
+class MLP(nn.Module):
+    """Flatten, Dense(ReLU) layers of the given sizes, then Dense(10): the seeds' Keras nets."""
+
+    def __init__(self, hidden: tuple[int, ...], dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, NUM_CLASSES))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images)
+
+
+def build_model(config: ModelParams) -> nn.Module:
+    if config.name == "cnn":
+        return CNN(config.channels, config.convs_per_stage, config.dropout)
+    return MLP(config.hidden, config.dropout)
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32, standardized with the training stats."""
+    scaled = images.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+    return scaled.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    config: ModelParams
+    state_dict: dict[str, torch.Tensor]
+    mean: float  # normalization stats of the training split, 0-1 pixel scale
+    std: float
+    dataset: str
+    classes: tuple[str, ...]
+    epoch: int  # the epoch whose weights these are: the best by validation accuracy
+    val_accuracy: float
+
+    def build(self) -> nn.Module:
+        """The model with these weights, in eval mode, on the CPU."""
+        model = build_model(self.config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        **dataclasses.asdict(checkpoint),
+        "config": dataclasses.asdict(checkpoint.config),
+        "classes": list(checkpoint.classes),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found; run the train stage") from None
+    except Exception as exc:  # torch raises many types for a damaged file
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a checkpoint of format {CHECKPOINT_FORMAT}")
+    try:
+        config = section_from_mapping(ModelParams, payload["config"], path)
+        checkpoint = Checkpoint(
+            config=config,
+            state_dict=payload["state_dict"],
+            mean=float(payload["mean"]),
+            std=float(payload["std"]),
+            dataset=str(payload["dataset"]),
+            classes=tuple(payload["classes"]),
+            epoch=int(payload["epoch"]),
+            val_accuracy=float(payload["val_accuracy"]),
+        )
+        checkpoint.build()
+    except (KeyError, TypeError, ValueError, RuntimeError, PipelineError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path}: inconsistent checkpoint ({reason})") from None
+    return checkpoint
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, mean: float, std: float, batch_size: int
+) -> torch.Tensor:
+    """(N, 28, 28) uint8 images -> (N, 10) float32 logits, in batches on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = [
+        model(normalize(images[start : start + batch_size].to(device), mean, std)).float().cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+    return torch.cat(outputs) if outputs else torch.empty(0, NUM_CLASSES)

@@ -1,0 +1,92 @@
+"""Stage `train`: fit the model of `model` with the recipe of `train` on the processed data.
+
+Writes the checkpoint of the epoch with the best validation accuracy (never chosen by test
+accuracy) and a history CSV with one row per epoch. Reads params `seed`, `model` and `train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mnistpipe import processed
+from mnistpipe.cli import run_stage
+from mnistpipe.files import write_text_atomic
+from mnistpipe.models import Checkpoint, build_model, save_checkpoint
+from mnistpipe.params import PARAMS_FILE, ModelParams, TrainParams, load_section, load_seed
+from mnistpipe.training import Data, EpochStats, fit, make_deterministic, select_device
+
+log = logging.getLogger("train")
+
+
+def load_data(folder: Path, split: str, device: torch.device) -> Data:
+    arrays = processed.load_split(folder, split)
+    return Data(
+        images=torch.from_numpy(arrays.images).to(device),
+        labels=torch.from_numpy(arrays.labels).to(device=device, dtype=torch.int64),
+    )
+
+
+def train(
+    data_dir: Path, config: ModelParams, params: TrainParams, seed: int, history_path: Path
+) -> Checkpoint:
+    """Train on `data_dir`, rewriting the history CSV after every epoch."""
+    make_deterministic(seed, params.threads)
+    device = select_device(params.device)
+    meta = processed.load_meta(data_dir)
+    train_data, val_data = load_data(data_dir, "train", device), load_data(data_dir, "val", device)
+    model = build_model(config).to(device=device, memory_format=torch.channels_last)
+    log.info(
+        "training %s (%d parameters) on %s for %d epochs, %d threads",
+        config.name, sum(p.numel() for p in model.parameters()), device, params.epochs,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    rows: list[EpochStats] = []
+
+    def record(stats: EpochStats) -> None:
+        rows.append(stats)
+        table = pd.DataFrame([dataclasses.asdict(row) for row in rows])
+        write_text_atomic(history_path, table.to_csv(index=False, float_format="%.6g"))
+        log.info(
+            "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f s",
+            stats.epoch, stats.train_loss, stats.train_accuracy, stats.val_loss,
+            stats.val_accuracy, stats.seconds,
+        )  # fmt: skip
+
+    state, best = fit(
+        model, train_data, val_data, (meta.mean, meta.std), params, seed, record,
+        show_progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    return Checkpoint(
+        config=config, state_dict=state, mean=meta.mean, std=meta.std, dataset=meta.dataset,
+        classes=meta.classes, epoch=best.epoch, val_accuracy=best.val_accuracy,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="processed-data folder")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint to write")
+    parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV to write")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    args = parser.parse_args(argv)
+    seed = load_seed(args.params)
+    config = load_section(ModelParams, args.params)
+    params = load_section(TrainParams, args.params)
+
+    checkpoint = train(args.data, config, params, seed, args.history)
+    save_checkpoint(args.model, checkpoint)
+    log.info(
+        "saved %s from epoch %d (val accuracy %.4f)",
+        args.model, checkpoint.epoch, checkpoint.val_accuracy,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    run_stage(main, "train")
