@@ -30,14 +30,15 @@ class CheckpointError(PipelineError):
 
 
 class CNN(nn.Module):
-    """Stages of (3x3 conv, batch norm, ReLU) x convs_per_stage then a 2x2 max-pool."""
+    """Stages of `convs` blocks of (3x3 conv, batch norm, ReLU), each stage ending in a 2x2
+    max-pool, then a linear classifier."""
 
-    def __init__(self, channels: tuple[int, ...], convs_per_stage: int, dropout: float) -> None:
+    def __init__(self, channels: tuple[int, ...], convs: tuple[int, ...], dropout: float) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width, side = 1, IMAGE_SHAPE[0]
-        for stage_width in channels:
-            for _ in range(convs_per_stage):
+        for stage_width, blocks in zip(channels, convs, strict=True):
+            for _ in range(blocks):
                 layers += [
                     nn.Conv2d(width, stage_width, 3, padding=1, bias=False),
                     nn.BatchNorm2d(stage_width),
@@ -74,7 +75,7 @@ class MLP(nn.Module):
 
 def build_model(config: ModelParams) -> nn.Module:
     if config.name == "cnn":
-        return CNN(config.channels, config.convs_per_stage, config.dropout)
+        return CNN(config.channels, config.convs, config.dropout)
     return MLP(config.hidden, config.dropout)
 
 

@@ -94,7 +94,7 @@ class ModelParams(Section):
     NAME: ClassVar[str] = "model"
     name: str  # cnn | mlp
     channels: tuple[int, ...]  # cnn: width of each conv stage; each stage ends in a 2x2 max-pool
-    convs_per_stage: int  # cnn: 3x3 conv + batch norm + ReLU blocks per stage
+    convs: tuple[int, ...]  # cnn: number of 3x3 conv + batch norm + ReLU blocks in each stage
     hidden: tuple[int, ...]  # mlp: sizes of the hidden ReLU layers
     dropout: float  # cnn: before the classifier; mlp: after each hidden layer
 
@@ -103,8 +103,8 @@ class ModelParams(Section):
             self.fail("name", f"must be one of {', '.join(MODEL_NAMES)}")
         if not 1 <= len(self.channels) <= 4 or min(self.channels) < 1:
             self.fail("channels", "must list 1 to 4 positive widths (28 px halves at each)")
-        if self.convs_per_stage < 1:
-            self.fail("convs_per_stage", "must be at least 1")
+        if len(self.convs) != len(self.channels) or min(self.convs, default=0) < 1:
+            self.fail("convs", "must give a positive block count for each of model.channels")
         if any(size < 1 for size in self.hidden):
             self.fail("hidden", "must list positive layer sizes")
         if not 0.0 <= self.dropout < 1.0:
@@ -172,7 +172,12 @@ def _check_device(section: Section, device: str) -> None:
 SECTIONS: dict[str, type[Section]] = {
     cls.NAME: cls
     for cls in (
-        DataParams, DownloadParams, PreprocessParams, ModelParams, TrainParams, EvaluateParams
+        DataParams,
+        DownloadParams,
+        PreprocessParams,
+        ModelParams,
+        TrainParams,
+        EvaluateParams,
     )
 }
 TOP_LEVEL_SCALARS = ("seed",)
@@ -251,7 +256,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         (inner,) = [option for option in options if option is not type(None)]
         return _coerce(value, inner, where)
     if origin is tuple:
-        if not isinstance(value, list):
+        if not isinstance(value, list | tuple):
             raise ParamsError(f"{where}: expected a list, got {value!r}")
         (item_type, _ellipsis) = typing.get_args(hint)
         return tuple(_coerce(item, item_type, where) for item in value)

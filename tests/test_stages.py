@@ -1,5 +1,6 @@
 """The stages as users run them: `python -m stages.<name>`, with one-line errors."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,29 @@ download:
 preprocess:
   val_size: 40
   subset: 0
+model:
+  name: cnn
+  channels: [4, 8]
+  convs: [1, 1]
+  hidden: [32]
+  dropout: 0.0
+train:
+  epochs: 2
+  batch_size: 32
+  optimizer: sgd
+  lr: 0.05
+  momentum: 0.9
+  weight_decay: 0.0005
+  schedule: one-cycle
+  label_smoothing: 0.1
+  augment_rotate: 10.0
+  augment_shift: 2.0
+  augment_scale: 0.1
+  device: auto
+  threads: 1
+evaluate:
+  batch_size: 16
+  device: auto
 """
 
 
@@ -114,3 +138,117 @@ def test_download_rejects_a_typo_in_params_before_any_work(tmp_path, raw_dir):
     result = stage("download", "--out", tmp_path / "out", "--params", params)
     assert_one_line_error(result, "download", "unknown key download.locl_dir")
     assert "trying source" not in result.stderr
+
+
+def run_chain(tmp_path, raw_dir, params, run):
+    """preprocess, train and evaluate into tmp_path/run; return the evaluate outputs."""
+    out = tmp_path / run
+    data = out / "processed"
+    assert (
+        stage(
+            "preprocess",
+            "--raw",
+            raw_dir,
+            "--out",
+            data,
+            "--counts",
+            out / "counts.csv",
+            "--params",
+            params,
+        ).returncode
+        == 0
+    )
+    result = stage(
+        "train",
+        "--data",
+        data,
+        "--model",
+        out / "model.pt",
+        "--history",
+        out / "history.csv",
+        "--params",
+        params,
+    )
+    assert result.returncode == 0, result.stderr
+    names = ("metrics", "confusion", "per-class", "predictions", "misclassified")
+    paths = {name: out / f"{name}.out" for name in names}
+    flags = [item for name in names for item in (f"--{name}", paths[name])]
+    result = stage(
+        "evaluate", "--data", data, "--model", out / "model.pt", *flags, "--params", params
+    )
+    assert result.returncode == 0, result.stderr
+    return out, paths
+
+
+def test_train_and_evaluate_are_reproducible_to_the_byte(tmp_path, raw_dir):
+    params = params_file(tmp_path, raw_dir)
+    first, paths = run_chain(tmp_path, raw_dir, params, "a")
+    second, _ = run_chain(tmp_path, raw_dir, params, "b")
+    assert (first / "model.pt").read_bytes() == (second / "model.pt").read_bytes()
+    for path in paths.values():
+        assert path.read_bytes() == (second / path.name).read_bytes()
+    history = pd.read_csv(first / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert list(history.columns) == [
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "seconds",
+    ]
+    metrics = json.loads(paths["metrics"].read_text())
+    assert metrics["test_images"] == 50
+    predictions = pd.read_csv(paths["predictions"])
+    wrong = int((predictions["actual"] != predictions["predicted"]).sum())
+    assert metrics["misclassified"] == wrong
+    assert len(pd.read_csv(paths["misclassified"])) == wrong
+
+
+def test_evaluate_refuses_a_missing_or_mismatched_checkpoint(tmp_path, raw_dir):
+    params = params_file(tmp_path, raw_dir)
+    out, paths = run_chain(tmp_path, raw_dir, params, "a")
+    flags = [item for name, path in paths.items() for item in (f"--{name}", path)]
+    result = stage(
+        "evaluate",
+        "--data",
+        out / "processed",
+        "--model",
+        out / "absent.pt",
+        *flags,
+        "--params",
+        params,
+    )
+    assert_one_line_error(result, "evaluate", "absent.pt: checkpoint not found")
+    meta_path = out / "processed" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "dataset": "fashion-mnist"}))
+    result = stage(
+        "evaluate",
+        "--data",
+        out / "processed",
+        "--model",
+        out / "model.pt",
+        *flags,
+        "--params",
+        params,
+    )
+    assert_one_line_error(result, "evaluate", "holds fashion-mnist but")
+    assert "was trained on mnist" in result.stderr
+
+
+def test_train_rejects_bad_params_before_training(tmp_path, raw_dir):
+    params = params_file(tmp_path, raw_dir, **{"epochs: 2": "epochs: 0"})
+    result = stage(
+        "train",
+        "--data",
+        tmp_path / "nowhere",
+        "--model",
+        tmp_path / "m.pt",
+        "--history",
+        tmp_path / "h.csv",
+        "--params",
+        params,
+    )
+    assert_one_line_error(result, "train", "train.epochs: must be at least 1, got 0")

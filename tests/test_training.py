@@ -24,7 +24,7 @@ RECIPE = TrainParams(
     schedule="one-cycle", label_smoothing=0.1, augment_rotate=10.0, augment_shift=2.0,
     augment_scale=0.1, device="cpu", threads=1,
 )  # fmt: skip
-SMALL_CNN = ModelParams(name="cnn", channels=(4, 8), convs_per_stage=1, hidden=(), dropout=0.0)
+SMALL_CNN = ModelParams(name="cnn", channels=(4, 8), convs=(1, 1), hidden=(), dropout=0.0)
 
 
 def toy_data(count: int, seed: int) -> Data:
