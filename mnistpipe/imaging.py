@@ -1,0 +1,123 @@
+"""People's digit images turned into MNIST's format, the way MNIST itself was made.
+
+MNIST digits are light ink on black, fitted into a 20x20 box (aspect kept, anti-aliased) and
+placed in a 28x28 canvas so that their centre of mass is at the centre. A photo or a scan is
+dark ink on light paper, of any size, anywhere on the page: `to_mnist` inverts it when needed,
+crops to the ink, scales the longer side to 20 px and centres it by mass.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mnistpipe.errors import PipelineError
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
+CANVAS, BOX = 28, 20  # MNIST's canvas and the box its digits are fitted into, in pixels
+MIN_CONTRAST = 32.0  # ink must differ from the paper by this much (0-255) to count as ink
+
+
+class ImageError(PipelineError):
+    pass
+
+
+def load_grey(path: str | Path) -> np.ndarray:
+    """(H, W) float32 grey levels 0-255 of an image file; transparency is white paper."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(
+                        f"{path}: refused as a decompression bomb: {width}x{height} pixels"
+                        f" is over the limit of {MAX_PIXELS:,}"
+                    )
+                image.seek(0)  # the first frame of an animated GIF or multi-page TIFF
+                image = ImageOps.exif_transpose(image)
+                if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                    paper = Image.new("RGBA", image.size, "white")
+                    image = Image.alpha_composite(paper, image.convert("RGBA"))
+                return np.asarray(image.convert("L"), dtype=np.float32)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file PIL can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt image data
+        raise ImageError(f"{path}: unreadable image ({exc})") from None
+
+
+def ink_map(grey: np.ndarray) -> np.ndarray:
+    """Ink intensity 0-1 on a zero background: inverted when the paper is lighter than the ink.
+
+    The paper's level is the median of the image border, which is paper on any sensible
+    picture of one digit.
+    """
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    paper = float(np.median(border))
+    ink = (paper - grey) if paper > 127.5 else (grey - paper)
+    ink = np.clip(ink, 0.0, None)
+    if ink.max() < MIN_CONTRAST:
+        raise ImageError("no ink found (the image is blank or has too little contrast)")
+    return ink / ink.max()
+
+
+def centre_by_mass(digit: np.ndarray) -> np.ndarray:
+    """Place a digit of at most 20x20 in a 28x28 canvas with its centre of mass at the centre."""
+    rows, cols = np.indices(digit.shape)
+    mass = digit.sum()
+    com_row, com_col = (rows * digit).sum() / mass, (cols * digit).sum() / mass
+    top = int(np.clip(round(CANVAS / 2 - 0.5 - com_row), 0, CANVAS - digit.shape[0]))
+    left = int(np.clip(round(CANVAS / 2 - 0.5 - com_col), 0, CANVAS - digit.shape[1]))
+    canvas = np.zeros((CANVAS, CANVAS), dtype=np.float32)
+    canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return canvas
+
+
+def to_mnist(grey: np.ndarray) -> np.ndarray:
+    """(H, W) grey levels -> (28, 28) uint8 MNIST-style image: light digit on black.
+
+    A 28x28 image that is already light on dark is taken as it is: it is in MNIST's format.
+    """
+    if grey.shape == (CANVAS, CANVAS) and np.median(grey) <= 127.5:
+        return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+    ink = ink_map(grey)
+    rows, cols = np.nonzero(ink > 0.05)  # faint noise does not stretch the box
+    ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = ink.shape
+    scale = BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    # Area averaging when shrinking is the anti-aliasing MNIST used; bilinear when enlarging.
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    digit = np.asarray(Image.fromarray(ink, mode="F").resize(size, resample), dtype=np.float32)
+    canvas = centre_by_mass(np.clip(digit, 0.0, 1.0))
+    return np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8)
+
+
+def find_images(paths: list[Path]) -> list[Path]:
+    """Files as given, and the image files inside folders (recursively, sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES)
+        else:
+            found.append(path)
+    return found
+
+
+def prepare(path: str | Path) -> np.ndarray:
+    """The (28, 28) uint8 MNIST-style image of an image file; errors name the file."""
+    try:
+        return to_mnist(load_grey(path))
+    except ImageError as exc:
+        message = str(exc)
+        prefixed = message if message.startswith(str(path)) else f"{path}: {message}"
+        raise ImageError(prefixed) from None
