@@ -19,11 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
+from PIL import Image
+from sklearn.datasets import load_digits
 
 from mnistpipe import processed
+from mnistpipe.imaging import to_mnist
 from mnistpipe.models import load_checkpoint, predict_logits
 from mnistpipe.params import PARAMS_FILE
 from stages.evaluate import summary_metrics
@@ -90,6 +94,35 @@ def inference_rate(checkpoint_path: Path, images: torch.Tensor, batch_size: int 
     return len(images) / (time.perf_counter() - started)
 
 
+def foreign_pages(count: int = 500, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """scikit-learn's 8x8 digits as dark ink on a 200x160 light page at random offsets."""
+    digits, rng = load_digits(), np.random.default_rng(seed)
+    pages = []
+    for image in digits.images[:count]:
+        ink = Image.fromarray(np.uint8(image / 16 * 255)).resize((64, 64), Image.Resampling.BILINEAR)
+        page = np.full((160, 200), 235.0, dtype=np.float32)
+        top, left = rng.integers(0, 160 - 64), rng.integers(0, 200 - 64)
+        page[top : top + 64, left : left + 64] -= np.asarray(ink, np.float32) / 255 * 200
+        pages.append(page)
+    return pages, digits.target[:count]
+
+
+def foreign_accuracy(checkpoint_path: Path) -> tuple[float, float]:
+    """Accuracy on foreign digit pages with MNIST-style preprocessing, and with a plain resize."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = checkpoint.build()
+    pages, labels = foreign_pages()
+    prepared = np.stack([to_mnist(page) for page in pages])
+    resized = np.stack([np.asarray(Image.fromarray(page.astype(np.uint8)).resize((28, 28)))
+                        for page in pages])  # fmt: skip
+    accuracies = []
+    for images in (prepared, resized):
+        logits = predict_logits(model, torch.from_numpy(images), checkpoint.mean,
+                                checkpoint.std, 1000)  # fmt: skip
+        accuracies.append(round(float((logits.argmax(1).numpy() == labels).mean()), 4))
+    return accuracies[0], accuracies[1]
+
+
 def benchmark(name: str, base: dict, data_dir: Path) -> dict:
     params = {section: dict(values) if isinstance(values, dict) else values
               for section, values in base.items()}  # fmt: skip
@@ -104,6 +137,7 @@ def benchmark(name: str, base: dict, data_dir: Path) -> dict:
         logits = predict_logits(checkpoint.build(), images, checkpoint.mean, checkpoint.std, 1000)
         metrics = summary_metrics(test.labels.astype("int64"), logits)
         infer = inference_rate(model_path, images)
+        foreign, foreign_resized = foreign_accuracy(model_path)
     train_images = processed.load_meta(data_dir).sizes["train"] * len(history)
     return {
         "recipe": name,
@@ -117,6 +151,8 @@ def benchmark(name: str, base: dict, data_dir: Path) -> dict:
         "train_images_per_s": round(train_images / float(history["seconds"].sum())),
         "inference_images_per_s": round(infer),
         "peak_rss_mb": round(rss_mb),
+        "foreign_digits_accuracy": foreign,
+        "foreign_digits_resize_only": foreign_resized,
     }
 
 

@@ -95,6 +95,8 @@ class Checkpoint:
     classes: tuple[str, ...]
     epoch: int  # the epoch whose weights these are: the best by validation accuracy
     val_accuracy: float
+    device: str = "cpu"  # where it was trained
+    torch_version: str = str(torch.__version__)  # that trained it
 
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode, on the CPU."""
@@ -137,6 +139,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             classes=tuple(payload["classes"]),
             epoch=int(payload["epoch"]),
             val_accuracy=float(payload["val_accuracy"]),
+            device=str(payload["device"]),
+            torch_version=str(payload["torch_version"]),
         )
         checkpoint.build()
     except (KeyError, TypeError, ValueError, RuntimeError, PipelineError) as exc:

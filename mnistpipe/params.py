@@ -163,6 +163,23 @@ class EvaluateParams(Section):
         _check_device(self, self.device)
 
 
+@dataclass(frozen=True)
+class ReportParams(Section):
+    NAME: ClassVar[str] = "report"
+    misclassified_shown: int  # misclassified test digits in the grid
+    samples_shown: int  # sample test predictions in the grid
+    confused_pairs: int  # most confused (actual, predicted) pairs listed
+    weakest_classes: int  # classes with the lowest F1 named
+
+    def check(self) -> None:
+        for key in ("misclassified_shown", "samples_shown"):
+            if not 1 <= getattr(self, key) <= 100:
+                self.fail(key, "must be between 1 and 100")
+        for key in ("confused_pairs", "weakest_classes"):
+            if not 1 <= getattr(self, key) <= 10:
+                self.fail(key, "must be between 1 and 10")
+
+
 def _check_device(section: Section, device: str) -> None:
     kind, _, index = device.partition(":")
     if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
@@ -178,6 +195,7 @@ SECTIONS: dict[str, type[Section]] = {
         ModelParams,
         TrainParams,
         EvaluateParams,
+        ReportParams,
     )
 }
 TOP_LEVEL_SCALARS = ("seed",)

@@ -66,6 +66,7 @@ def train(
     return Checkpoint(
         config=config, state_dict=state, mean=meta.mean, std=meta.std, dataset=meta.dataset,
         classes=meta.classes, epoch=best.epoch, val_accuracy=best.val_accuracy,
+        device=str(device),
     )  # fmt: skip
 
 

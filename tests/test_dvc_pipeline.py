@@ -22,7 +22,7 @@ TINY = [
 
 def test_the_whole_chain_runs_under_dvc_and_is_then_up_to_date(repo_copy):
     first = run(["dvc", "exp", "run", *TINY], repo_copy)
-    for stage in ("download", "preprocess", "train", "evaluate"):
+    for stage in ("download", "preprocess", "train", "evaluate", "report"):
         assert f"Running stage '{stage}'" in first.stdout, first.stdout
 
     raw = repo_copy / "data" / "raw" / "mnist"
@@ -41,6 +41,15 @@ def test_the_whole_chain_runs_under_dvc_and_is_then_up_to_date(repo_copy):
     assert metrics["test_images"] == 10000 and metrics["accuracy"] > 0.8
     confusion = pd.read_csv(repo_copy / "metrics" / "confusion_matrix.csv", index_col="actual")
     assert confusion.to_numpy().trace() == 10000 - metrics["misclassified"]
+
+    report = (repo_copy / "reports" / "report.md").read_text()
+    (row,) = [line for line in report.splitlines() if line.startswith("| misclassified")]
+    assert row.split("|")[2].strip() == str(metrics["misclassified"])
+    assert (repo_copy / "reports" / "confusion_matrix.png").stat().st_size > 1000
+
+    report_only = run(["dvc", "exp", "run", "-S", "report.samples_shown=8"], repo_copy)
+    ran = [line for line in report_only.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'report':"], report_only.stdout
 
     second = run(["dvc", "repro"], repo_copy)
     assert "Running stage" not in second.stdout

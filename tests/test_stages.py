@@ -45,6 +45,11 @@ train:
 evaluate:
   batch_size: 16
   device: auto
+report:
+  misclassified_shown: 16
+  samples_shown: 8
+  confused_pairs: 3
+  weakest_classes: 3
 """
 
 

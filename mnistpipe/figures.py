@@ -1,0 +1,87 @@
+"""The report's figures, drawn with matplotlib's Agg backend (no GUI) into PNG bytes.
+
+The same data gives the same bytes: no timestamps or version strings go into the files.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+
+def to_png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def confusion_heatmap(confusion: pd.DataFrame) -> bytes:
+    """Counts with rows = actual class and columns = predicted class, diagonal included."""
+    counts = confusion.to_numpy()
+    figure, axes = plt.subplots(figsize=(7, 6))
+    # A log scale keeps the few errors visible next to the ~1000 correct per class.
+    image = axes.imshow(np.log1p(counts), cmap="Blues")
+    for (row, col), count in np.ndenumerate(counts):
+        colour = "white" if count > counts.max() / 2 else "black"
+        axes.text(col, row, str(count), ha="center", va="center", fontsize=8, color=colour)
+    axes.set_xticks(range(len(confusion.columns)), confusion.columns)
+    axes.set_yticks(range(len(confusion.index)), confusion.index)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("actual")
+    axes.set_title("Confusion matrix (test set)")
+    figure.colorbar(image, ax=axes, label="log(1 + count)")
+    figure.tight_layout()
+    return to_png(figure)
+
+
+def training_curves(history: pd.DataFrame) -> bytes:
+    """Loss and accuracy per epoch, train against validation."""
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-o"), ("val", "--s")):
+        loss_axes.plot(history["epoch"], history[f"{split}_loss"], style, label=split)
+        accuracy_axes.plot(history["epoch"], history[f"{split}_accuracy"], style, label=split)
+    loss_axes.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    accuracy_axes.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    for axes in (loss_axes, accuracy_axes):
+        axes.legend()
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return to_png(figure)
+
+
+def digit_grid(images: np.ndarray, captions: list[str], title: str, columns: int = 8) -> bytes:
+    """(N, 28, 28) uint8 images in a grid, each with its caption."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes_grid = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.5))
+    for index, axes in enumerate(np.atleast_1d(axes_grid).flat):
+        axes.axis("off")
+        if index < len(images):
+            axes.imshow(images[index], cmap="gray_r", vmin=0, vmax=255)
+            axes.set_title(captions[index], fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return to_png(figure)
+
+
+def class_distribution(counts: pd.DataFrame) -> bytes:
+    """Images per class in each split, as grouped bars."""
+    splits = [column for column in counts.columns if column != "name"]
+    figure, axes = plt.subplots(figsize=(9, 4))
+    positions = np.arange(len(counts))
+    width = 0.8 / len(splits)
+    for number, split in enumerate(splits):
+        axes.bar(positions + number * width, counts[split], width, label=split)
+    axes.set_xticks(positions + width * (len(splits) - 1) / 2, counts["name"])
+    axes.set(title="Class distribution per split", xlabel="class", ylabel="images")
+    axes.legend()
+    figure.tight_layout()
+    return to_png(figure)

@@ -1,0 +1,157 @@
+"""Stage `report`: reports/report.md and its figures, from the tracked outputs of the run.
+
+Reads only files that earlier stages wrote (metrics, history, per-class and misclassified
+CSVs, class counts, the checkpoint and the test images), so the same run always gives the same
+report. Reads params `report`, and shows the params of the stages before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from mnistpipe import figures, processed
+from mnistpipe.cli import run_stage
+from mnistpipe.files import write_bytes_atomic, write_text_atomic
+from mnistpipe.models import Checkpoint, load_checkpoint, predict_logits
+from mnistpipe.params import PARAMS_FILE, ReportParams, load_section, read_params
+
+RUN_SECTIONS = ("seed", "data", "preprocess", "model", "train")  # the params shown
+
+
+def confused_pairs(confusion: pd.DataFrame, count: int) -> pd.DataFrame:
+    """The `count` most frequent (actual, predicted) errors, most frequent first."""
+    pairs = confusion.rename_axis(index="actual", columns="predicted").stack()
+    pairs = pairs.rename("count").reset_index()
+    errors = pairs[pairs["actual"] != pairs["predicted"]]
+    errors = errors[errors["count"] > 0]
+    return errors.sort_values(["count", "actual", "predicted"], ascending=[False, True, True])[
+        :count
+    ]
+
+
+def figures_of_run(
+    metrics_dir: Path, data_dir: Path, checkpoint: Checkpoint, params: ReportParams
+) -> dict[str, bytes]:
+    """PNG name -> bytes of every figure of the report."""
+    test = processed.load_split(data_dir, "test")
+    classes = checkpoint.classes
+    wrong = pd.read_csv(metrics_dir / "misclassified.csv")[: params.misclassified_shown]
+    wrong_captions = [
+        f"{classes[row.actual]} → {classes[row.predicted]} ({row.confidence:.2f})"
+        for row in wrong.itertuples()
+    ]
+    samples = torch.from_numpy(test.images[: params.samples_shown])
+    probabilities = torch.softmax(
+        predict_logits(checkpoint.build(), samples, checkpoint.mean, checkpoint.std, 1000), 1
+    )
+    confidence, predicted = probabilities.max(1)
+    sample_captions = [
+        f"{classes[int(p)]} ({float(c):.2f}){'' if int(p) == int(t) else ' ✗'}"
+        for p, c, t in zip(predicted, confidence, test.labels, strict=False)
+    ]
+    confusion = pd.read_csv(metrics_dir / "confusion_matrix.csv", index_col="actual", dtype=str)
+    return {
+        "confusion_matrix.png": figures.confusion_heatmap(confusion.astype(int)),
+        "training_curves.png": figures.training_curves(pd.read_csv(metrics_dir / "history.csv")),
+        "misclassified.png": figures.digit_grid(
+            test.images[wrong["index"].to_numpy()], wrong_captions,
+            "Misclassified test digits: actual → predicted (confidence)",
+        ),
+        "samples.png": figures.digit_grid(
+            samples.numpy(), sample_captions, "Sample test predictions (confidence)"
+        ),
+        "class_distribution.png": figures.class_distribution(
+            pd.read_csv(metrics_dir / "class_counts.csv", index_col="class")
+        ),
+    }  # fmt: skip
+
+
+def report_markdown(
+    metrics_dir: Path,
+    data_dir: Path,
+    checkpoint: Checkpoint,
+    run_params: dict,
+    params: ReportParams,
+) -> str:
+    metrics = json.loads((metrics_dir / "metrics.json").read_text(encoding="utf-8"))
+    per_class = pd.read_csv(metrics_dir / "per_class.csv", dtype={"class": str})
+    confusion = pd.read_csv(metrics_dir / "confusion_matrix.csv", index_col="actual", dtype=str)
+    pairs = confused_pairs(confusion.astype(int), params.confused_pairs)
+    weakest = per_class.sort_values(["f1", "class"])[: params.weakest_classes]
+    history = pd.read_csv(metrics_dir / "history.csv")
+    sizes = processed.load_meta(data_dir).sizes
+    lines = [
+        f"# Report: {checkpoint.dataset}",
+        "",
+        f"Images: {sizes['train']:,} train, {sizes['val']:,} validation, {sizes['test']:,} test.",
+        "",
+        "## Test metrics",
+        "",
+        pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
+        .to_markdown(index=False),
+        "",
+        "## Per class",
+        "",
+        per_class.to_markdown(index=False, floatfmt=".4f"),
+        "",
+        "Weakest classes by F1: "
+        + ", ".join(f"{row['class']} ({row['f1']:.4f})" for _, row in weakest.iterrows()),
+        "",
+        "## Most confused pairs",
+        "",
+        pairs.to_markdown(index=False),
+        "",
+        "![Confusion matrix](confusion_matrix.png)",
+        "",
+        "## Training",
+        "",
+        f"Checkpoint from epoch {checkpoint.epoch} of {len(history)}, the best validation"
+        f" accuracy ({checkpoint.val_accuracy:.4f}). Trained on {checkpoint.device} with torch"
+        f" {checkpoint.torch_version}, seed {run_params['seed']}.",
+        "",
+        "![Training curves](training_curves.png)",
+        "",
+        "## Digits",
+        "",
+        "![Misclassified test digits](misclassified.png)",
+        "",
+        "![Sample test predictions](samples.png)",
+        "",
+        "![Class distribution](class_distribution.png)",
+        "",
+        "## Params of the run",
+        "",
+        "```yaml",
+        yaml.safe_dump(run_params, sort_keys=False).strip(),
+        "```",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__)
+    parser.add_argument("--metrics", type=Path, required=True, help="folder of metrics files")
+    parser.add_argument("--data", type=Path, required=True, help="processed-data folder")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint")
+    parser.add_argument("--out", type=Path, required=True, help="report folder to write")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    args = parser.parse_args(argv)
+    params = load_section(ReportParams, args.params)
+    raw = read_params(args.params)
+    run_params = {key: raw[key] for key in RUN_SECTIONS}
+
+    checkpoint = load_checkpoint(args.model)
+    for name, png in figures_of_run(args.metrics, args.data, checkpoint, params).items():
+        write_bytes_atomic(args.out / name, png)
+    markdown = report_markdown(args.metrics, args.data, checkpoint, run_params, params)
+    write_text_atomic(args.out / "report.md", markdown)
+
+
+if __name__ == "__main__":
+    run_stage(main, "report")
