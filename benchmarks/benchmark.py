@@ -99,7 +99,8 @@ def foreign_pages(count: int = 500, seed: int = 0) -> tuple[list[np.ndarray], np
     digits, rng = load_digits(), np.random.default_rng(seed)
     pages = []
     for image in digits.images[:count]:
-        ink = Image.fromarray(np.uint8(image / 16 * 255)).resize((64, 64), Image.Resampling.BILINEAR)
+        ink = Image.fromarray(np.uint8(image / 16 * 255))
+        ink = ink.resize((64, 64), Image.Resampling.BILINEAR)
         page = np.full((160, 200), 235.0, dtype=np.float32)
         top, left = rng.integers(0, 160 - 64), rng.integers(0, 200 - 64)
         page[top : top + 64, left : left + 64] -= np.asarray(ink, np.float32) / 255 * 200
