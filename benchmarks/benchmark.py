@@ -4,7 +4,7 @@ Each recipe runs the real `train` stage in its own process (so its wall time inc
 and data loading, and its peak RSS is its own) on the processed data of `dvc repro`, then is
 scored on the test set in this process. Timings never go into DVC metrics: they land here.
 
-    python -m benchmarks.benchmark [--recipes default mlp] [--out benchmarks/results]
+    python -m benchmarks.benchmark [--recipes default mlp] [--dvc] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -157,6 +157,37 @@ def benchmark(name: str, base: dict, data_dir: Path) -> dict:
     }
 
 
+def timed(command: list[str], cwd: Path) -> float:
+    # The stages' `python` must be this environment's, as `make` and an activated venv give.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True, env={**os.environ,
+                   "PATH": path, "DVC_NO_ANALYTICS": "1"})  # fmt: skip
+    return round(time.perf_counter() - started, 2)
+
+
+def dvc_overhead(repo: Path) -> dict[str, float]:
+    """Seconds of a no-op `dvc repro`, and of `dvc repro` against `dvc exp run` for the same
+    report-only change, in a clone that shares this repository's DVC cache."""
+    dvc = [sys.executable, "-m", "dvc"]
+    with tempfile.TemporaryDirectory(prefix="bench-dvc-") as workdir:
+        clone = Path(workdir) / "clone"
+        subprocess.run(["git", "clone", "-q", str(repo.resolve()), str(clone)], check=True)
+        cache = str((repo / ".dvc" / "cache").resolve())
+        subprocess.run([*dvc, "cache", "dir", "--local", cache], cwd=clone, check=True)
+        subprocess.run([*dvc, "checkout", "-q"], cwd=clone, check=True)
+        noop = timed([*dvc, "repro"], clone)
+        params = clone / "params.yaml"
+        original = params.read_text()
+        params.write_text(original.replace("samples_shown: 32", "samples_shown: 16"))
+        repro = timed([*dvc, "repro"], clone)
+        subprocess.run(["git", "checkout", "-q", "."], cwd=clone, check=True)
+        subprocess.run([*dvc, "checkout", "-q"], cwd=clone, check=True)
+        experiment = timed([*dvc, "exp", "run", "-S", "report.samples_shown=16"], clone)
+    return {"noop_repro_s": noop, "report_change_repro_s": repro,
+            "report_change_exp_run_s": experiment}  # fmt: skip
+
+
 def write_results(out: Path, rows: list[dict], info: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"machine": info, "runs": rows}, indent=2))
@@ -171,6 +202,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/processed"))
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--dvc", action="store_true", help="also time dvc repro and exp run")
     args = parser.parse_args()
     base = yaml.safe_load(args.params.read_text())
     rows = []
@@ -178,7 +210,11 @@ def main() -> None:
         print(f"benchmark: recipe {name}", file=sys.stderr)
         rows.append(benchmark(name, base, args.data))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    write_results(args.out, rows, machine())
+    info = machine()
+    if args.dvc:
+        print("benchmark: dvc repro against dvc exp run", file=sys.stderr)
+        info.update(dvc_overhead(Path.cwd()))
+    write_results(args.out, rows, info)
 
 
 if __name__ == "__main__":
