@@ -188,12 +188,16 @@ def dvc_overhead(repo: Path) -> dict[str, float]:
             "report_change_exp_run_s": experiment}  # fmt: skip
 
 
-def write_results(out: Path, rows: list[dict], info: dict) -> None:
+def write_results(out: Path, rows: list[dict], info: dict, dvc_times: dict | None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"machine": info, "runs": rows}, indent=2))
-    table = pd.DataFrame(rows).to_markdown(index=False)
+    results = {"machine": info, "runs": rows, "dvc": dvc_times}
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     described = ", ".join(f"{key}: {value}" for key, value in info.items())
-    out.with_suffix(".md").write_text(f"# Benchmark results\n\nMachine: {described}\n\n{table}\n")
+    text = f"# Benchmark results\n\nMachine: {described}\n\n"
+    text += pd.DataFrame(rows).to_markdown(index=False) + "\n"
+    if dvc_times:
+        text += "\n## DVC, seconds\n\n" + pd.DataFrame([dvc_times]).to_markdown(index=False)
+    out.with_suffix(".md").write_text(text + "\n")
 
 
 def main() -> None:
@@ -210,11 +214,11 @@ def main() -> None:
         print(f"benchmark: recipe {name}", file=sys.stderr)
         rows.append(benchmark(name, base, args.data))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    info = machine()
+    dvc_times = None
     if args.dvc:
         print("benchmark: dvc repro against dvc exp run", file=sys.stderr)
-        info.update(dvc_overhead(Path.cwd()))
-    write_results(args.out, rows, info)
+        dvc_times = dvc_overhead(Path.cwd())
+    write_results(args.out, rows, machine(), dvc_times)
 
 
 if __name__ == "__main__":
