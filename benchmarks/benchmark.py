@@ -28,7 +28,7 @@ from sklearn.datasets import load_digits
 
 from mnistpipe import processed
 from mnistpipe.imaging import to_mnist
-from mnistpipe.models import load_checkpoint, predict_logits
+from mnistpipe.models import Checkpoint, load_checkpoint, predict_logits
 from mnistpipe.params import PARAMS_FILE
 from stages.evaluate import summary_metrics
 
@@ -85,8 +85,7 @@ def first_epoch_time(history: pd.DataFrame, accuracy: float) -> float | None:
     return float(history["seconds"].cumsum()[reached[0]]) if len(reached) else None
 
 
-def inference_rate(checkpoint_path: Path, images: torch.Tensor, batch_size: int = 1000) -> float:
-    checkpoint = load_checkpoint(checkpoint_path)
+def inference_rate(checkpoint: Checkpoint, images: torch.Tensor, batch_size: int = 1000) -> float:
     model = checkpoint.build()
     predict_logits(model, images[:batch_size], checkpoint.mean, checkpoint.std, batch_size)
     started = time.perf_counter()
@@ -108,9 +107,8 @@ def foreign_pages(count: int = 500, seed: int = 0) -> tuple[list[np.ndarray], np
     return pages, digits.target[:count]
 
 
-def foreign_accuracy(checkpoint_path: Path) -> tuple[float, float]:
+def foreign_accuracy(checkpoint: Checkpoint) -> tuple[float, float]:
     """Accuracy on foreign digit pages with MNIST-style preprocessing, and with a plain resize."""
-    checkpoint = load_checkpoint(checkpoint_path)
     model = checkpoint.build()
     pages, labels = foreign_pages()
     prepared = np.stack([to_mnist(page) for page in pages])
@@ -137,8 +135,8 @@ def benchmark(name: str, base: dict, data_dir: Path) -> dict:
         checkpoint = load_checkpoint(model_path)
         logits = predict_logits(checkpoint.build(), images, checkpoint.mean, checkpoint.std, 1000)
         metrics = summary_metrics(test.labels.astype("int64"), logits)
-        infer = inference_rate(model_path, images)
-        foreign, foreign_resized = foreign_accuracy(model_path)
+        infer = inference_rate(checkpoint, images)
+        foreign, foreign_resized = foreign_accuracy(checkpoint)
     train_images = processed.load_meta(data_dir).sizes["train"] * len(history)
     return {
         "recipe": name,
