@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mnistpipe.errors import PipelineError
-from mnistpipe.models import normalize
+from mnistpipe.models import normalize, predict_logits
 from mnistpipe.params import TrainParams
 
 
@@ -140,19 +140,14 @@ def train_epoch(
     return total_loss.item() / len(order), correct.item() / len(order)
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module, data: Data, stats: tuple[float, float], batch_size: int = 1000
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of the model on a split."""
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(data.labels), batch_size):
-        labels = data.labels[start : start + batch_size]
-        logits = model(normalize(data.images[start : start + batch_size], *stats))
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-    return total_loss / len(data.labels), correct / len(data.labels)
+    logits = predict_logits(model, data.images, *stats, batch_size)
+    labels = data.labels.cpu()
+    loss = F.cross_entropy(logits, labels).item()
+    return loss, (logits.argmax(1) == labels).sum().item() / len(labels)
 
 
 def fit(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ from mnistpipe.cli import run_stage
 from mnistpipe.files import write_bytes_atomic, write_text_atomic
 from mnistpipe.models import Checkpoint, load_checkpoint, predict_logits
 from mnistpipe.params import PARAMS_FILE, ReportParams, load_section, read_params
+from mnistpipe.processed import Split
 
 RUN_SECTIONS = ("seed", "data", "preprocess", "model", "train")  # the params shown
 
@@ -35,13 +37,38 @@ def confused_pairs(confusion: pd.DataFrame, count: int) -> pd.DataFrame:
     ]
 
 
+@dataclass(frozen=True)
+class RunTables:
+    """The metrics files of a run, each read once."""
+
+    metrics: dict
+    history: pd.DataFrame
+    per_class: pd.DataFrame
+    confusion: pd.DataFrame  # counts; index: actual class names, columns: predicted
+    misclassified: pd.DataFrame
+    class_counts: pd.DataFrame
+
+    @classmethod
+    def read(cls, metrics_dir: Path) -> RunTables:
+        confusion = pd.read_csv(
+            metrics_dir / "confusion_matrix.csv", index_col="actual", dtype=str
+        )
+        return cls(
+            metrics=json.loads((metrics_dir / "metrics.json").read_text(encoding="utf-8")),
+            history=pd.read_csv(metrics_dir / "history.csv"),
+            per_class=pd.read_csv(metrics_dir / "per_class.csv", dtype={"class": str}),
+            confusion=confusion.astype(int),
+            misclassified=pd.read_csv(metrics_dir / "misclassified.csv"),
+            class_counts=pd.read_csv(metrics_dir / "class_counts.csv", index_col="class"),
+        )
+
+
 def figures_of_run(
-    metrics_dir: Path, data_dir: Path, checkpoint: Checkpoint, params: ReportParams
+    run: RunTables, test: Split, checkpoint: Checkpoint, params: ReportParams
 ) -> dict[str, bytes]:
     """PNG name -> bytes of every figure of the report."""
-    test = processed.load_split(data_dir, "test")
     classes = checkpoint.classes
-    wrong = pd.read_csv(metrics_dir / "misclassified.csv")[: params.misclassified_shown]
+    wrong = run.misclassified[: params.misclassified_shown]
     wrong_captions = [
         f"{classes[row.actual]} → {classes[row.predicted]} ({row.confidence:.2f})"
         for row in wrong.itertuples()
@@ -55,10 +82,9 @@ def figures_of_run(
         f"{classes[int(p)]} ({float(c):.2f}){'' if int(p) == int(t) else ' ✗'}"
         for p, c, t in zip(predicted, confidence, test.labels, strict=False)
     ]
-    confusion = pd.read_csv(metrics_dir / "confusion_matrix.csv", index_col="actual", dtype=str)
     return {
-        "confusion_matrix.png": figures.confusion_heatmap(confusion.astype(int)),
-        "training_curves.png": figures.training_curves(pd.read_csv(metrics_dir / "history.csv")),
+        "confusion_matrix.png": figures.confusion_heatmap(run.confusion),
+        "training_curves.png": figures.training_curves(run.history),
         "misclassified.png": figures.digit_grid(
             test.images[wrong["index"].to_numpy()], wrong_captions,
             "Misclassified test digits: actual → predicted (confidence)",
@@ -66,26 +92,20 @@ def figures_of_run(
         "samples.png": figures.digit_grid(
             samples.numpy(), sample_captions, "Sample test predictions (confidence)"
         ),
-        "class_distribution.png": figures.class_distribution(
-            pd.read_csv(metrics_dir / "class_counts.csv", index_col="class")
-        ),
+        "class_distribution.png": figures.class_distribution(run.class_counts),
     }  # fmt: skip
 
 
 def report_markdown(
-    metrics_dir: Path,
-    data_dir: Path,
+    run: RunTables,
+    sizes: dict[str, int],
     checkpoint: Checkpoint,
     run_params: dict,
     params: ReportParams,
 ) -> str:
-    metrics = json.loads((metrics_dir / "metrics.json").read_text(encoding="utf-8"))
-    per_class = pd.read_csv(metrics_dir / "per_class.csv", dtype={"class": str})
-    confusion = pd.read_csv(metrics_dir / "confusion_matrix.csv", index_col="actual", dtype=str)
-    pairs = confused_pairs(confusion.astype(int), params.confused_pairs)
+    metrics, per_class, history = run.metrics, run.per_class, run.history
+    pairs = confused_pairs(run.confusion, params.confused_pairs)
     weakest = per_class.sort_values(["f1", "class"])[: params.weakest_classes]
-    history = pd.read_csv(metrics_dir / "history.csv")
-    sizes = processed.load_meta(data_dir).sizes
     lines = [
         f"# Report: {checkpoint.dataset}",
         "",
@@ -147,9 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     run_params = {key: raw[key] for key in RUN_SECTIONS}
 
     checkpoint = load_checkpoint(args.model)
-    for name, png in figures_of_run(args.metrics, args.data, checkpoint, params).items():
+    run = RunTables.read(args.metrics)
+    test = processed.load_split(args.data, "test")
+    for name, png in figures_of_run(run, test, checkpoint, params).items():
         write_bytes_atomic(args.out / name, png)
-    markdown = report_markdown(args.metrics, args.data, checkpoint, run_params, params)
+    sizes = processed.load_meta(args.data).sizes
+    markdown = report_markdown(run, sizes, checkpoint, run_params, params)
     write_text_atomic(args.out / "report.md", markdown)
 
 
