@@ -39,6 +39,14 @@ class Section:
     def check(self) -> None:
         pass
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The section as params.yaml writes it (lists, not tuples)."""
+        return {
+            field.name: list(value) if isinstance(value, tuple) else value
+            for field in dataclasses.fields(self)
+            for value in [getattr(self, field.name)]
+        }
+
     def fail(self, key: str, message: str) -> typing.NoReturn:
         raise ParamsError(f"{self.NAME}.{key}: {message}, got {getattr(self, key)!r}")
 
@@ -84,15 +92,16 @@ class PreprocessParams(Section):
             self.fail("subset", "must be 0 (all images) or a positive count")
 
 
-MODEL_NAMES = ("cnn", "mlp")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("none", "one-cycle", "cosine")
+MODEL_NAMES = ("cnn", "mlp", "examples-cnn")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
+SCHEDULES = ("none", "one-cycle", "cosine", "step")
+NO_PRESET = "none"
 
 
 @dataclass(frozen=True)
 class ModelParams(Section):
     NAME: ClassVar[str] = "model"
-    name: str  # cnn | mlp
+    name: str  # cnn | mlp | examples-cnn (pytorch/examples' MNIST net; ignores the other keys)
     channels: tuple[int, ...]  # cnn: width of each conv stage; each stage ends in a 2x2 max-pool
     convs: tuple[int, ...]  # cnn: number of 3x3 conv + batch norm + ReLU blocks in each stage
     hidden: tuple[int, ...]  # mlp: sizes of the hidden ReLU layers
@@ -114,13 +123,15 @@ class ModelParams(Section):
 @dataclass(frozen=True)
 class TrainParams(Section):
     NAME: ClassVar[str] = "train"
+    preset: str  # none, or a name under `presets` whose keys replace these and model's
     epochs: int
     batch_size: int
-    optimizer: str  # sgd (Nesterov momentum) | adam | adamw
+    optimizer: str  # sgd (Nesterov momentum) | adam | adamw | adadelta
     lr: float  # peak learning rate with a schedule
     momentum: float  # sgd only
     weight_decay: float
-    schedule: str  # none | one-cycle | cosine, stepped per batch
+    schedule: str  # none | one-cycle | cosine (per batch) | step (x step_gamma per epoch)
+    step_gamma: float  # step schedule only: the learning rate's factor after each epoch
     label_smoothing: float
     augment_rotate: float  # degrees of random rotation, each way; 0 = off
     augment_shift: float  # pixels of random translation, each way; 0 = off
@@ -141,6 +152,8 @@ class TrainParams(Section):
         for key in ("momentum", "label_smoothing"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 self.fail(key, "must be in [0, 1)")
+        if not 0.0 < self.step_gamma <= 1.0:
+            self.fail("step_gamma", "must be in (0, 1]")
         for key in ("weight_decay", "augment_rotate", "augment_shift", "augment_scale"):
             if getattr(self, key) < 0:
                 self.fail(key, "must not be negative")
@@ -199,6 +212,8 @@ SECTIONS: dict[str, type[Section]] = {
     )
 }
 TOP_LEVEL_SCALARS = ("seed",)
+PRESETS_KEY = "presets"  # named recipes: {name: {model: {...}, train: {...}}}
+PRESET_SECTIONS = (ModelParams, TrainParams)
 
 S = TypeVar("S", bound=Section)
 
@@ -216,7 +231,7 @@ def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise ParamsError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    known = (*TOP_LEVEL_SCALARS, *SECTIONS)
+    known = (*TOP_LEVEL_SCALARS, *SECTIONS, PRESETS_KEY)
     for key in raw:
         if key not in known:
             raise ParamsError(f"{path}: unknown section {key!r}; known: {', '.join(known)}")
@@ -229,6 +244,44 @@ def load_section(cls: type[S], path: str | Path = PARAMS_FILE) -> S:
     if cls.NAME not in raw:
         raise ParamsError(f"{path}: missing section {cls.NAME!r}")
     return section_from_mapping(cls, raw[cls.NAME], path)
+
+
+def load_training(path: str | Path = PARAMS_FILE) -> tuple[ModelParams, TrainParams]:
+    """The `model` and `train` sections, with the keys of `train.preset` (if not `none`)
+    replacing theirs: one `-S train.preset=fast` switches a whole recipe."""
+    raw = read_params(path)
+    sections: dict[str, dict[str, Any]] = {}
+    for cls in PRESET_SECTIONS:
+        if not isinstance(raw.get(cls.NAME), dict):
+            raise ParamsError(f"{path}: missing section {cls.NAME!r}")
+        sections[cls.NAME] = dict(raw[cls.NAME])
+    name = sections["train"].get("preset", NO_PRESET)
+    if name != NO_PRESET:
+        presets = raw.get(PRESETS_KEY) or {}
+        if not isinstance(presets, dict) or name not in presets:
+            known = ", ".join([NO_PRESET, *presets]) if isinstance(presets, dict) else NO_PRESET
+            raise ParamsError(f"{path}: train.preset: unknown preset {name!r}; known: {known}")
+        for section, overrides in _preset_overrides(presets[name], name, path).items():
+            sections[section].update(overrides)
+    try:
+        model = section_from_mapping(ModelParams, sections["model"], path)
+        train = section_from_mapping(TrainParams, sections["train"], path)
+    except ParamsError as exc:
+        raise ParamsError(exc.args[0] if name == NO_PRESET else f"{exc} (preset {name!r})") from None
+    return model, train
+
+
+def _preset_overrides(preset: Any, name: str, path: str | Path) -> dict[str, dict[str, Any]]:
+    allowed = [cls.NAME for cls in PRESET_SECTIONS]
+    if not isinstance(preset, dict) or any(
+        key not in allowed or not isinstance(value, dict) for key, value in preset.items()
+    ):
+        raise ParamsError(
+            f"{path}: {PRESETS_KEY}.{name}: must map {' and/or '.join(allowed)} to their keys"
+        )
+    if "preset" in preset.get("train", {}):
+        raise ParamsError(f"{path}: {PRESETS_KEY}.{name}.train.preset: a preset cannot name one")
+    return preset
 
 
 def load_seed(path: str | Path = PARAMS_FILE) -> int:

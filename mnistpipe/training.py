@@ -71,6 +71,8 @@ def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimiz
         return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, nesterov=True)
     if params.optimizer == "adam":
         return torch.optim.Adam(groups, lr=params.lr)
+    if params.optimizer == "adadelta":
+        return torch.optim.Adadelta(groups, lr=params.lr)
     return torch.optim.AdamW(groups, lr=params.lr)
 
 
@@ -83,6 +85,9 @@ def make_schedule(
         )
     if params.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if params.schedule == "step":  # stepped per batch like the others, so once per epoch
+        steps_per_epoch = total_steps // params.epochs
+        return torch.optim.lr_scheduler.StepLR(optimizer, steps_per_epoch, params.step_gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 

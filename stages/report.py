@@ -2,7 +2,8 @@
 
 Reads only files that earlier stages wrote (metrics, history, per-class and misclassified
 CSVs, class counts, the checkpoint and the test images), so the same run always gives the same
-report. Reads params `report`, and shows the params of the stages before it.
+report. Reads params `report`, and shows the params of the stages before it (with the
+train preset applied, as the train stage saw them).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from mnistpipe import figures, processed
 from mnistpipe.cli import run_stage
 from mnistpipe.files import write_bytes_atomic, write_text_atomic
 from mnistpipe.models import Checkpoint, load_checkpoint, predict_logits
-from mnistpipe.params import PARAMS_FILE, ReportParams, load_section, read_params
+from mnistpipe.params import PARAMS_FILE, ReportParams, load_section, load_training, read_params
 from mnistpipe.processed import Split
 
-RUN_SECTIONS = ("seed", "data", "preprocess", "model", "train")  # the params shown
+RUN_SECTIONS = ("seed", "data", "preprocess")  # shown with model and train, preset applied
 
 
 def confused_pairs(confusion: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -164,7 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_section(ReportParams, args.params)
     raw = read_params(args.params)
+    model, train = load_training(args.params)
     run_params = {key: raw[key] for key in RUN_SECTIONS}
+    run_params |= {"model": model.to_mapping(), "train": train.to_mapping()}
 
     checkpoint = load_checkpoint(args.model)
     run = RunTables.read(args.metrics)

@@ -1,7 +1,8 @@
 """Stage `train`: fit the model of `model` with the recipe of `train` on the processed data.
 
 Writes the checkpoint of the epoch with the best validation accuracy (never chosen by test
-accuracy) and a history CSV with one row per epoch. Reads params `seed`, `model` and `train`.
+accuracy) and a history CSV with one row per epoch. Reads params `seed`, `model`, `train` and
+`presets` (`train.preset` names one whose keys replace those of `model` and `train`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mnistpipe import processed
 from mnistpipe.cli import run_stage
 from mnistpipe.files import write_text_atomic
 from mnistpipe.models import Checkpoint, build_model, save_checkpoint
-from mnistpipe.params import PARAMS_FILE, ModelParams, TrainParams, load_section, load_seed
+from mnistpipe.params import PARAMS_FILE, ModelParams, TrainParams, load_seed, load_training
 from mnistpipe.training import Data, EpochStats, fit, make_deterministic, select_device
 
 log = logging.getLogger("train")
@@ -43,9 +44,9 @@ def train(
     train_data, val_data = load_data(data_dir, "train", device), load_data(data_dir, "val", device)
     model = build_model(config).to(device=device, memory_format=torch.channels_last)
     log.info(
-        "training %s (%d parameters) on %s for %d epochs, %d threads",
-        config.name, sum(p.numel() for p in model.parameters()), device, params.epochs,
-        torch.get_num_threads(),
+        "training %s (%d parameters, preset %s) on %s for %d epochs, %d threads",
+        config.name, sum(p.numel() for p in model.parameters()), params.preset, device,
+        params.epochs, torch.get_num_threads(),
     )  # fmt: skip
     rows: list[EpochStats] = []
 
@@ -78,8 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
     seed = load_seed(args.params)
-    config = load_section(ModelParams, args.params)
-    params = load_section(TrainParams, args.params)
+    config, params = load_training(args.params)
 
     checkpoint = train(args.data, config, params, seed, args.history)
     save_checkpoint(args.model, checkpoint)

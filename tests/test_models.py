@@ -6,7 +6,9 @@ from mnistpipe.models import (
     MLP,
     Checkpoint,
     CheckpointError,
+    ExamplesCNN,
     build_model,
+    fold_batch_norm,
     load_checkpoint,
     normalize,
     predict_logits,
@@ -29,6 +31,7 @@ def config(**changes):
         (config(name="mlp", hidden=(128,)), MLP),
         (config(name="mlp", hidden=(256, 256), dropout=0.2), MLP),
         (config(name="mlp", hidden=()), MLP),
+        (config(name="examples-cnn"), ExamplesCNN),
     ],
 )
 def test_models_map_images_to_ten_logits(model_config, model_type):
@@ -46,6 +49,32 @@ def test_mlp_layers_are_the_seed_networks():
         (256, 256),
         (256, 10),
     ]
+
+
+def test_examples_cnn_is_the_published_net():
+    model = build_model(config(name="examples-cnn"))
+    assert sum(p.numel() for p in model.parameters()) == 1_199_882  # pytorch/examples' Net
+    layers = [type(layer).__name__ for layer in model.modules() if not list(layer.children())]
+    assert layers == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Dropout", "Flatten",
+                      "Linear", "ReLU", "Dropout", "Linear"]  # fmt: skip
+    dropouts = [layer.p for layer in model.modules() if isinstance(layer, torch.nn.Dropout)]
+    assert dropouts == [0.25, 0.5]
+
+
+def test_folding_batch_norm_keeps_the_function_of_the_eval_model():
+    torch.manual_seed(0)
+    model = build_model(config(channels=(4, 8), convs=(2, 1))).eval()
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-1, 1)  # stats and affine maps far from the identity
+        norm.running_var.uniform_(0.2, 3.0)
+        norm.weight.data.uniform_(0.5, 2.0)
+        norm.bias.data.uniform_(-1, 1)
+    folded = fold_batch_norm(model.features)
+    kinds = [type(layer).__name__ for layer in folded]
+    assert "BatchNorm2d" not in kinds and kinds.count("Conv2d") == 3
+    images = torch.randn(6, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), model.features(images), atol=1e-5, rtol=1e-5)
 
 
 def test_normalize_uses_the_given_stats():

@@ -1,5 +1,7 @@
 import re
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from mnistpipe.params import (
     TrainParams,
     load_section,
     load_seed,
+    load_training,
     read_params,
 )
 from tests.conftest import REPO
@@ -34,6 +37,7 @@ model:
   hidden: [128]
   dropout: 0.1
 train:
+  preset: none
   epochs: 3
   batch_size: 64
   optimizer: adam
@@ -41,6 +45,7 @@ train:
   momentum: 0.9
   weight_decay: 0
   schedule: cosine
+  step_gamma: 0.7
   label_smoothing: 0.0
   augment_rotate: 0
   augment_shift: 1.5
@@ -50,6 +55,10 @@ train:
 evaluate:
   batch_size: 500
   device: cpu
+presets:
+  quick:
+    model: {channels: [4, 8], dropout: 0.0}
+    train: {epochs: 1, optimizer: sgd, lr: 0.4}
 """
 
 
@@ -61,9 +70,19 @@ def write(tmp_path, text):
 
 def test_repository_params_load_into_every_section():
     raw = read_params(REPO / "params.yaml")
-    assert set(raw) == {"seed", *SECTIONS}
+    assert set(raw) == {"seed", "presets", *SECTIONS}
     for cls in SECTIONS.values():
         assert isinstance(load_section(cls, REPO / "params.yaml"), cls)
+    for name in raw["presets"]:  # every shipped preset gives valid sections
+        path = REPO / "params.yaml"
+        text = path.read_text().replace("  preset: none", f"  preset: {name}")
+        assert text != path.read_text()
+        copy = Path(tempfile.mkdtemp()) / "params.yaml"
+        copy.write_text(text)
+        model, train = load_training(copy)
+        assert train.preset == name
+        assert model.to_mapping().items() >= raw["presets"][name]["model"].items()
+        assert train.to_mapping().items() >= raw["presets"][name]["train"].items()
 
 
 def test_valid_params_become_typed_frozen_sections(tmp_path):
@@ -97,12 +116,13 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
         ("epochs: 3", "epochs: 0", "train.epochs: must be at least 1, got 0"),
         ("epochs: 3", "epohcs: 3", "unknown key train.epohcs"),
         ("lr: 0.001", "lr: -0.1", "train.lr: must be positive, got -0.1"),
-        ("name: cnn", "name: resnet", "model.name: must be one of cnn, mlp, got 'resnet'"),
+        ("name: cnn", "name: resnet", "model.name: must be one of cnn, mlp, examples-cnn, got 'resnet'"),
         ("convs: [1, 2]", "convs: [1]", "model.convs: must give a positive block count"),
         ("channels: [8, 16]", "channels: []", "model.channels: must list 1 to 4 positive"),
         ("dropout: 0.1", "dropout: 1.0", "model.dropout: must be in [0, 1), got 1.0"),
         ("optimizer: adam", "optimizer: lbfgs", "train.optimizer: must be one of sgd, adam"),
-        ("schedule: cosine", "schedule: step", "train.schedule: must be one of none"),
+        ("schedule: cosine", "schedule: linear", "train.schedule: must be one of none"),
+        ("step_gamma: 0.7", "step_gamma: 0.0", "train.step_gamma: must be in (0, 1], got 0.0"),
         ("augment_scale: 0.0", "augment_scale: 1.0", "train.augment_scale: must be below 1"),
         ("device: auto", "device: tpu", "train.device: must be auto, cpu, cuda or cuda:N"),
         ("device: cpu", "device: cuda:x", "evaluate.device: must be auto, cpu, cuda or cuda:N"),
@@ -144,3 +164,40 @@ def test_missing_section_and_file(tmp_path):
     assert load_section(DataParams, path).dataset == "mnist"
     with pytest.raises(ParamsError, match=r"absent.yaml: file not found"):
         load_seed(tmp_path / "absent.yaml")
+
+
+def test_no_preset_gives_the_sections_as_written(tmp_path):
+    path = write(tmp_path, VALID)
+    model, train = load_training(path)
+    assert (model, train) == (load_section(ModelParams, path), load_section(TrainParams, path))
+
+
+def test_a_preset_replaces_only_the_keys_it_lists(tmp_path):
+    path = write(tmp_path, VALID.replace("preset: none", "preset: quick"))
+    model, train = load_training(path)
+    written = load_section(TrainParams, path)
+    assert model.channels == (4, 8) and model.dropout == 0.0
+    assert model.convs == (1, 2) and model.hidden == (128,)  # as written
+    assert (train.epochs, train.optimizer, train.lr) == (1, "sgd", 0.4)
+    assert train.batch_size == written.batch_size == 64
+    assert train.preset == "quick"
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("preset: quick", "preset: slow", "train.preset: unknown preset 'slow'; known: none, quick"),
+        ("lr: 0.4}", "lr: -1}", "train.lr: must be positive, got -1.0 (preset 'quick')"),
+        ("lr: 0.4}", "lr: 0.4, lr_typo: 1}", "unknown key train.lr_typo"),
+        ("model: {channels", "evaluate: {channels", "presets.quick: must map model and/or"),
+        ("lr: 0.4}", "preset: none}", "presets.quick.train.preset: a preset cannot name one"),
+    ],
+)
+def test_bad_presets_are_rejected(tmp_path, old, new, message):
+    text = VALID.replace("preset: none", "preset: quick")
+    assert old in text
+    text = text.replace(old, new)
+    with pytest.raises(ParamsError) as error:
+        load_training(write(tmp_path, text))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)

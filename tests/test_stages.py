@@ -10,6 +10,7 @@ import pandas as pd
 
 from mnistpipe import processed
 from mnistpipe.datasets import TRAIN_LABELS
+from mnistpipe.models import load_checkpoint
 from tests.conftest import REPO
 
 PARAMS = """
@@ -29,6 +30,7 @@ model:
   hidden: [32]
   dropout: 0.0
 train:
+  preset: none
   epochs: 2
   batch_size: 32
   optimizer: sgd
@@ -36,6 +38,7 @@ train:
   momentum: 0.9
   weight_decay: 0.0005
   schedule: one-cycle
+  step_gamma: 0.7
   label_smoothing: 0.1
   augment_rotate: 10.0
   augment_shift: 2.0
@@ -50,6 +53,16 @@ report:
   samples_shown: 8
   confused_pairs: 3
   weakest_classes: 3
+presets:
+  small-mlp:
+    model:
+      name: mlp
+      hidden: [16]
+    train:
+      epochs: 1
+      optimizer: adadelta
+      lr: 1.0
+      schedule: step
 """
 
 
@@ -209,6 +222,16 @@ def test_train_and_evaluate_are_reproducible_to_the_byte(tmp_path, raw_dir):
     wrong = int((predictions["actual"] != predictions["predicted"]).sum())
     assert metrics["misclassified"] == wrong
     assert len(pd.read_csv(paths["misclassified"])) == wrong
+
+
+def test_train_applies_the_preset_named_in_train(tmp_path, raw_dir):
+    params = params_file(tmp_path, raw_dir, **{"preset: none": "preset: small-mlp"})
+    out, _ = run_chain(tmp_path, raw_dir, params, "a")
+    checkpoint = load_checkpoint(out / "model.pt")
+    assert checkpoint.config.name == "mlp" and checkpoint.config.hidden == (16,)
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1]  # the preset's epochs, not the section's 2
+    assert history["lr"].tolist() == [0.7]  # Adadelta 1.0, stepped by 0.7 after the epoch
 
 
 def test_evaluate_refuses_a_missing_or_mismatched_checkpoint(tmp_path, raw_dir):

@@ -20,8 +20,8 @@ from mnistpipe.training import (
 )
 
 RECIPE = TrainParams(
-    epochs=2, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4,
-    schedule="one-cycle", label_smoothing=0.1, augment_rotate=10.0, augment_shift=2.0,
+    preset="none", epochs=2, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9,
+    weight_decay=5e-4, schedule="one-cycle", step_gamma=0.7, label_smoothing=0.1, augment_rotate=10.0, augment_shift=2.0,
     augment_scale=0.1, device="cpu", threads=1,
 )  # fmt: skip
 SMALL_CNN = ModelParams(name="cnn", channels=(4, 8), convs=(1, 1), hidden=(), dropout=0.0)
@@ -118,6 +118,27 @@ def test_pure_shift_moves_an_image_by_whole_pixels():
     rows, cols = torch.nonzero(moved[0, 0] > 1e-6, as_tuple=True)
     assert rows.min() >= 8 and rows.max() <= 12 and cols.min() >= 8 and cols.max() <= 12
     assert moved.sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "optimizer, schedule, expected",
+    [
+        ("adadelta", "step", [1.0] * 3 + [0.7] * 3 + [0.49] * 3),  # x0.7 after each epoch
+        ("sgd", "none", [1.0] * 9),
+    ],
+)
+def test_step_schedule_multiplies_the_rate_once_per_epoch(optimizer, schedule, expected):
+    params = dataclasses.replace(RECIPE, epochs=3, optimizer=optimizer, lr=1.0, schedule=schedule)
+    model = build_model(SMALL_CNN)
+    optim = make_optimizer(model, params)
+    assert type(optim).__name__ == {"adadelta": "Adadelta", "sgd": "SGD"}[optimizer]
+    schedule_ = make_schedule(optim, params, total_steps=9)  # 3 steps per epoch
+    rates = []
+    for _ in range(9):
+        rates.append(optim.param_groups[0]["lr"])
+        optim.step()
+        schedule_.step()
+    assert rates == pytest.approx(expected)
 
 
 def test_cuda_device_without_cuda_is_a_clear_error():
