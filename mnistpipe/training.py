@@ -91,18 +91,15 @@ def make_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
-def augment(images: torch.Tensor, params: TrainParams, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation, zoom and shift of each (N, 1, 28, 28) image, as one affine resampling."""
+def augment(images: torch.Tensor, params: TrainParams, draws: torch.Tensor) -> torch.Tensor:
+    """Random rotation, zoom and shift of each (N, 1, 28, 28) image, as one affine resampling;
+    `draws` (N, 4) uniform in [0, 1) on the images' device picks angle, zoom and shift."""
     if not (params.augment_rotate or params.augment_shift or params.augment_scale):
         return images
-    count = images.shape[0]
-
-    def uniform(*shape: int) -> torch.Tensor:  # in [-1, 1), drawn on the CPU generator
-        return (torch.rand(*shape, generator=generator) * 2 - 1).to(images.device)
-
-    angle = uniform(count) * math.radians(params.augment_rotate)
-    zoom = 1 + uniform(count) * params.augment_scale
-    shift = uniform(count, 2) * (2 * params.augment_shift / images.shape[-1])  # grid units
+    signed = draws * 2 - 1  # (N, 4) in [-1, 1)
+    angle = signed[:, 0] * math.radians(params.augment_rotate)
+    zoom = 1 + signed[:, 1] * params.augment_scale
+    shift = signed[:, 2:] * (2 * params.augment_shift / images.shape[-1])  # grid units
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
@@ -124,16 +121,26 @@ def train_epoch(
     generator: torch.Generator,
     progress: tqdm | None = None,
 ) -> tuple[float, float]:
-    """One pass over shuffled batches; returns mean loss and accuracy on the augmented batches."""
+    """One pass over shuffled batches; returns mean loss and accuracy on the augmented batches.
+
+    The epoch's random draws are made on the CPU generator and copied to the device once, so
+    a GPU gets no host-to-device copy per batch. On CUDA the forward pass runs in bfloat16
+    autocast (weights, gradients and the optimizer stay float32)."""
     model.train()
-    order = torch.randperm(len(data.labels), generator=generator).to(data.labels.device)
-    total_loss = torch.zeros((), device=data.labels.device)
-    correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
+    device = data.labels.device
+    order = torch.randperm(len(data.labels), generator=generator).to(device)
+    draws = torch.rand(len(order), 4, generator=generator).to(device)  # augmentation
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(order), params.batch_size):
         batch = order[start : start + params.batch_size]
-        inputs = augment(normalize(data.images[batch], *stats), params, generator)
-        logits = model(inputs)
-        loss = F.cross_entropy(logits, data.labels[batch], label_smoothing=params.label_smoothing)
+        inputs = normalize(data.images[batch], *stats)
+        inputs = augment(inputs, params, draws[start : start + params.batch_size])
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(inputs)
+        loss = F.cross_entropy(
+            logits.float(), data.labels[batch], label_smoothing=params.label_smoothing
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -100,24 +100,29 @@ def test_saved_checkpoints_are_byte_identical(tmp_path):
 def test_augmentation_moves_pixels_but_keeps_shape_and_background():
     data = toy_data(16, 0)
     images = normalize(data.images, 0.1, 0.3)
-    generator = torch.Generator().manual_seed(0)
-    moved = augment(images, RECIPE, generator)
+    draws = torch.rand(16, 4, generator=torch.Generator().manual_seed(0))
+    moved = augment(images, RECIPE, draws)
     assert moved.shape == images.shape
     assert not torch.allclose(moved, images)
     assert moved.min().item() == pytest.approx(images.min().item(), abs=1e-5)
     off = dataclasses.replace(RECIPE, augment_rotate=0.0, augment_shift=0.0, augment_scale=0.0)
-    assert augment(images, off, generator) is images
+    assert augment(images, off, draws) is images
+    middle = torch.full((16, 4), 0.5)  # every draw at the centre of its range: the identity
+    torch.testing.assert_close(augment(images, RECIPE, middle), images, atol=1e-4, rtol=0)
 
 
 def test_pure_shift_moves_an_image_by_whole_pixels():
     image = torch.zeros(1, 1, 28, 28)
     image[0, 0, 10, 10] = 1.0
     params = dataclasses.replace(RECIPE, augment_rotate=0.0, augment_scale=0.0, augment_shift=2.0)
-    moved = augment(image, params, torch.Generator().manual_seed(0))
+    moved = augment(image, params, torch.rand(1, 4, generator=torch.Generator().manual_seed(0)))
     # A sub-pixel shift spreads the dot; its mass moves by at most 2 px each way.
     rows, cols = torch.nonzero(moved[0, 0] > 1e-6, as_tuple=True)
     assert rows.min() >= 8 and rows.max() <= 12 and cols.min() >= 8 and cols.max() <= 12
     assert moved.sum().item() == pytest.approx(1.0, abs=1e-4)
+    # Draws of 1.0 on both shift axes sample 2 px further on: the dot moves exactly 2 px back.
+    exact = augment(image, params, torch.tensor([[0.5, 0.5, 1.0, 1.0]]))
+    assert torch.nonzero(exact[0, 0] > 0.99).tolist() == [[8, 8]]
 
 
 @pytest.mark.parametrize(
