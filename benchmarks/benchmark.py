@@ -1,18 +1,25 @@
 """Benchmark of the training recipes: accuracy, wall time, time to 99%, images/s, peak memory.
 
-Each recipe runs the real `train` stage in its own process (so its wall time includes start-up
-and data loading, and its peak RSS is its own) on the processed data of `dvc repro`, then is
-scored on the test set in this process. Timings never go into DVC metrics: they land here.
+The recipes are the project default (`train.preset: none`) and each preset of params.yaml,
+among them the reference recipes `seed-mlp` and `examples-cnn`. Each runs the real `train`
+stage in its own process (so its wall time includes start-up and data loading, and its peak
+RSS is its own) on the processed data of `dvc repro`, then is scored on the test set here.
+Timings never go into DVC metrics: they land in the results files.
 
-    python -m benchmarks.benchmark [--recipes default mlp] [--dvc] [--out benchmarks/results]
+    python -m benchmarks.benchmark [--recipes default fast] [--quick] [--dvc] [--out FILE]
+
+`--quick` trains every recipe for one epoch on 4,000 training images (under 2 minutes): a
+smoke test of the benchmark itself, whose numbers mean nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,21 +36,12 @@ from sklearn.datasets import load_digits
 from mnistpipe import processed
 from mnistpipe.imaging import to_mnist
 from mnistpipe.models import Checkpoint, load_checkpoint, predict_logits
-from mnistpipe.params import PARAMS_FILE
+from mnistpipe.params import NO_PRESET, PARAMS_FILE, PRESETS_KEY
 from stages.evaluate import summary_metrics
 
-# Overrides of params.yaml per recipe, as `dvc exp run -S section.key=value` would set them.
-RECIPES: dict[str, dict[str, dict]] = {
-    "default": {},
-    "mlp": {
-        "model": {"name": "mlp", "hidden": [256, 256], "dropout": 0.0},
-        "train": {
-            "optimizer": "adam", "lr": 0.001, "schedule": "cosine", "epochs": 8,
-            "batch_size": 128, "label_smoothing": 0.0, "weight_decay": 0.0,
-            "augment_rotate": 0.0, "augment_shift": 0.0, "augment_scale": 0.0,
-        },
-    },
-}  # fmt: skip
+DEFAULT = "default"  # the recipe of params.yaml's own model and train sections
+REFERENCE = "examples-cnn"  # the ratios table compares the default with this recipe
+QUICK_SIZES = {"train": 4000, "val": 500, "test": 1000}
 
 
 def machine() -> dict[str, str | int]:
@@ -61,6 +59,28 @@ def machine() -> dict[str, str | int]:
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
         "python": platform.python_version(),
     }
+
+
+def recipe_params(base: dict, name: str, quick: bool) -> dict:
+    """params.yaml with `train.preset` set to the recipe (and one epoch when quick)."""
+    params = copy.deepcopy(base)
+    params["train"]["preset"] = NO_PRESET if name == DEFAULT else name
+    if quick:
+        params["train"]["epochs"] = 1
+        for preset in params.get(PRESETS_KEY, {}).values():
+            preset.setdefault("train", {})["epochs"] = 1
+    return params
+
+
+def quick_data(data_dir: Path, out: Path) -> Path:
+    """The first images of each split of `data_dir`, as a processed-data folder."""
+    meta = processed.load_meta(data_dir)
+    splits = {}
+    for name, size in QUICK_SIZES.items():
+        split = processed.load_split(data_dir, name)
+        splits[name] = processed.Split(split.images[:size], split.labels[:size])
+    processed.save(out, splits, meta.dataset, meta.classes)
+    return out
 
 
 def run_train(params: dict, workdir: Path, data_dir: Path) -> tuple[float, float, Path, Path]:
@@ -122,13 +142,24 @@ def foreign_accuracy(checkpoint: Checkpoint) -> tuple[float, float]:
     return accuracies[0], accuracies[1]
 
 
-def benchmark(name: str, base: dict, data_dir: Path) -> dict:
-    params = {section: dict(values) if isinstance(values, dict) else values
-              for section, values in base.items()}  # fmt: skip
-    for section, overrides in RECIPES[name].items():
-        params[section].update(overrides)
-    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
-        seconds, rss_mb, model_path, history_path = run_train(params, Path(workdir), data_dir)
+def predict_latency(model_path: Path, workdir: Path, runs: int = 3) -> float:
+    """Median wall seconds of `python -m stages.predict` on one PNG, start-up included."""
+    image = workdir / "digit.png"
+    Image.fromarray(np.uint8(foreign_pages(1)[0][0])).save(image)
+    command = [sys.executable, "-m", "stages.predict", str(image), "--model", str(model_path)]
+    seconds = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        seconds.append(time.perf_counter() - started)
+    return round(statistics.median(seconds), 2)
+
+
+def benchmark(name: str, base: dict, data_dir: Path, quick: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        workdir = Path(folder)
+        params = recipe_params(base, name, quick)
+        seconds, rss_mb, model_path, history_path = run_train(params, workdir, data_dir)
         history = pd.read_csv(history_path)
         test = processed.load_split(data_dir, "test")
         images = torch.from_numpy(test.images)
@@ -136,23 +167,49 @@ def benchmark(name: str, base: dict, data_dir: Path) -> dict:
         logits = predict_logits(checkpoint.build(), images, checkpoint.mean, checkpoint.std, 1000)
         metrics = summary_metrics(test.labels.astype("int64"), logits)
         infer = inference_rate(checkpoint, images)
-        foreign, foreign_resized = foreign_accuracy(checkpoint)
+        foreign = (None, None) if quick else foreign_accuracy(checkpoint)
+        latency = predict_latency(model_path, workdir, runs=1 if quick else 3)
     train_images = processed.load_meta(data_dir).sizes["train"] * len(history)
+    epochs_s = float(history["seconds"].sum())
     return {
         "recipe": name,
         "test_accuracy": metrics["accuracy"],
         "best_val_accuracy": float(history["val_accuracy"].max()),
         "epochs": len(history),
         "train_wall_s": round(seconds, 1),
-        "epochs_s": round(float(history["seconds"].sum()), 1),
+        "epochs_s": round(epochs_s, 1),
         "time_to_val_99.0_s": first_epoch_time(history, 0.99),
         "time_to_val_99.5_s": first_epoch_time(history, 0.995),
-        "train_images_per_s": round(train_images / float(history["seconds"].sum())),
+        "train_images_per_s": round(train_images / epochs_s),
         "inference_images_per_s": round(infer),
+        "predict_one_image_s": latency,
         "peak_rss_mb": round(rss_mb),
-        "foreign_digits_accuracy": foreign,
-        "foreign_digits_resize_only": foreign_resized,
+        "foreign_digits_accuracy": foreign[0],
+        "foreign_digits_resize_only": foreign[1],
     }
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """The default against the reference recipe, metric by metric (when both ran)."""
+    by_name = {row["recipe"]: row for row in rows}
+    if DEFAULT not in by_name or REFERENCE not in by_name:
+        return []
+    ours, theirs = by_name[DEFAULT], by_name[REFERENCE]
+
+    def ratio(key: str, transform=lambda value: value) -> float | None:
+        if ours[key] is None or theirs[key] is None or not transform(theirs[key]):
+            return None
+        return round(transform(ours[key]) / transform(theirs[key]), 3)
+
+    return [
+        {"metric": "test error", "ratio": ratio("test_accuracy", lambda a: 1 - a)},
+        {"metric": "training wall time", "ratio": ratio("train_wall_s")},
+        {"metric": "time to 99.0% validation", "ratio": ratio("time_to_val_99.0_s")},
+        {"metric": "time to 99.5% validation", "ratio": ratio("time_to_val_99.5_s")},
+        {"metric": "training images/s", "ratio": ratio("train_images_per_s")},
+        {"metric": "inference images/s", "ratio": ratio("inference_images_per_s")},
+        {"metric": "peak RSS", "ratio": ratio("peak_rss_mb")},
+    ]
 
 
 def timed(command: list[str], cwd: Path) -> float:
@@ -186,37 +243,54 @@ def dvc_overhead(repo: Path) -> dict[str, float]:
             "report_change_exp_run_s": experiment}  # fmt: skip
 
 
-def write_results(out: Path, rows: list[dict], info: dict, dvc_times: dict | None) -> None:
+def write_results(out: Path, results: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"machine": info, "runs": rows, "dvc": dvc_times}
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    described = ", ".join(f"{key}: {value}" for key, value in info.items())
-    text = f"# Benchmark results\n\nMachine: {described}\n\n"
-    text += pd.DataFrame(rows).to_markdown(index=False) + "\n"
-    if dvc_times:
-        text += "\n## DVC, seconds\n\n" + pd.DataFrame([dvc_times]).to_markdown(index=False)
-    out.with_suffix(".md").write_text(text + "\n")
+    described = ", ".join(f"{key}: {value}" for key, value in results["machine"].items())
+    text = f"# Benchmark results\n\nMachine: {described}\n"
+    if results["quick"]:
+        text += "\n**Quick mode**: one epoch on 4,000 images; these numbers mean nothing.\n"
+    text += "\n" + pd.DataFrame(results["runs"]).to_markdown(index=False) + "\n"
+    if results["ratios"]:
+        text += f"\n## {DEFAULT} / {REFERENCE}\n\n"
+        text += "Below 1 is better for error and times, above 1 for images/s.\n\n"
+        text += pd.DataFrame(results["ratios"]).to_markdown(index=False) + "\n"
+    if results["dvc"]:
+        text += "\n## DVC, seconds\n\n" + pd.DataFrame([results["dvc"]]).to_markdown(index=False)
+        text += "\n"
+    text += "\nWhat helped and what did not, measured: [findings.md](findings.md).\n"
+    out.with_suffix(".md").write_text(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
-    parser.add_argument("--data", type=Path, default=Path("data/processed"))
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--recipes", nargs="+", help="default and/or preset names (all)")
+    parser.add_argument("--data", type=Path, default=Path("data/processed"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--quick", action="store_true", help="one epoch on 4,000 images")
     parser.add_argument("--dvc", action="store_true", help="also time dvc repro and exp run")
     args = parser.parse_args()
     base = yaml.safe_load(args.params.read_text())
-    rows = []
-    for name in args.recipes:
-        print(f"benchmark: recipe {name}", file=sys.stderr)
-        rows.append(benchmark(name, base, args.data))
-        print(json.dumps(rows[-1]), file=sys.stderr)
+    known = [DEFAULT, *base.get(PRESETS_KEY, {})]
+    recipes = args.recipes or known
+    unknown = [name for name in recipes if name not in known]
+    if unknown:
+        parser.error(f"unknown recipe {unknown[0]!r}; known: {', '.join(known)}")
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as folder:
+        data = quick_data(args.data, Path(folder)) if args.quick else args.data
+        rows = []
+        for name in recipes:
+            print(f"benchmark: recipe {name}", file=sys.stderr)
+            rows.append(benchmark(name, base, data, args.quick))
+            print(json.dumps(rows[-1]), file=sys.stderr)
     dvc_times = None
     if args.dvc:
         print("benchmark: dvc repro against dvc exp run", file=sys.stderr)
         dvc_times = dvc_overhead(Path.cwd())
-    write_results(args.out, rows, machine(), dvc_times)
+    results = {"machine": machine(), "quick": args.quick, "runs": rows, "ratios": ratios(rows),
+               "dvc": dvc_times}  # fmt: skip
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -267,7 +267,8 @@ def load_training(path: str | Path = PARAMS_FILE) -> tuple[ModelParams, TrainPar
         model = section_from_mapping(ModelParams, sections["model"], path)
         train = section_from_mapping(TrainParams, sections["train"], path)
     except ParamsError as exc:
-        raise ParamsError(exc.args[0] if name == NO_PRESET else f"{exc} (preset {name!r})") from None
+        message = str(exc) if name == NO_PRESET else f"{exc} (preset {name!r})"
+        raise ParamsError(message) from None
     return model, train
 
 

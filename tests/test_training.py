@@ -21,8 +21,8 @@ from mnistpipe.training import (
 
 RECIPE = TrainParams(
     preset="none", epochs=2, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9,
-    weight_decay=5e-4, schedule="one-cycle", step_gamma=0.7, label_smoothing=0.1, augment_rotate=10.0, augment_shift=2.0,
-    augment_scale=0.1, device="cpu", threads=1,
+    weight_decay=5e-4, schedule="one-cycle", step_gamma=0.7, label_smoothing=0.1,
+    augment_rotate=10.0, augment_shift=2.0, augment_scale=0.1, device="cpu", threads=1,
 )  # fmt: skip
 SMALL_CNN = ModelParams(name="cnn", channels=(4, 8), convs=(1, 1), hidden=(), dropout=0.0)
 
@@ -68,12 +68,15 @@ def test_fit_returns_the_best_validation_epoch():
     assert set(state) == set(build_model(SMALL_CNN).state_dict())
 
 
-def trained_checkpoint_bytes(seed: int) -> bytes:
+def on_device(data: Data, device: str) -> Data:
+    return Data(data.images.to(device), data.labels.to(device))
+
+
+def trained_checkpoint_bytes(seed: int, device: str = "cpu") -> bytes:
     make_deterministic(seed, threads=1)
-    model = build_model(SMALL_CNN)
-    state, best = fit(
-        model, toy_data(200, 1), toy_data(50, 2), (0.1, 0.3), RECIPE, seed, show_progress=False
-    )
+    model = build_model(SMALL_CNN).to(device=device, memory_format=torch.channels_last)
+    train, val = on_device(toy_data(200, 1), device), on_device(toy_data(50, 2), device)
+    state, best = fit(model, train, val, (0.1, 0.3), RECIPE, seed, show_progress=False)
     checkpoint = Checkpoint(SMALL_CNN, state, 0.1, 0.3, "mnist", tuple("0123456789"),
                             best.epoch, best.val_accuracy)  # fmt: skip
     buffer = io.BytesIO()
@@ -85,6 +88,16 @@ def test_training_is_deterministic_to_the_byte():
     first, second = trained_checkpoint_bytes(seed=3), trained_checkpoint_bytes(seed=3)
     assert first == second
     assert trained_checkpoint_bytes(seed=4) != first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_is_deterministic_to_the_byte():
+    """With deterministic algorithms and CUBLAS_WORKSPACE_CONFIG (set by make_deterministic),
+    a GPU gives the same weights run to run; they differ from the CPU's (other kernels, and
+    bfloat16 autocast), which is why a checkpoint records its device."""
+    first = trained_checkpoint_bytes(seed=3, device="cuda")
+    assert trained_checkpoint_bytes(seed=3, device="cuda") == first
+    assert trained_checkpoint_bytes(seed=3) != first
 
 
 def test_saved_checkpoints_are_byte_identical(tmp_path):
