@@ -8,8 +8,11 @@ crops to the ink, scales the longer side to 20 px and centres it by mass.
 
 from __future__ import annotations
 
+import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,16 +29,25 @@ class ImageError(PipelineError):
     pass
 
 
-def load_grey(path: str | Path) -> np.ndarray:
-    """(H, W) float32 grey levels 0-255 of an image file; transparency is white paper."""
-    path = Path(path)
+class ImageTooLargeError(ImageError):
+    """More pixels than MAX_PIXELS (or PIL's own limit): a decompression bomb."""
+
+
+class NoInkError(ImageError):
+    """A readable image with no digit on it: blank, or too little contrast."""
+
+
+def load_grey(source: str | Path | BinaryIO, name: str | None = None) -> np.ndarray:
+    """(H, W) float32 grey levels 0-255 of an image file or file object; transparency is
+    white paper. Errors begin with `name` (default: the path)."""
+    path = name or str(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
-                    raise ImageError(
+                    raise ImageTooLargeError(
                         f"{path}: refused as a decompression bomb: {width}x{height} pixels"
                         f" is over the limit of {MAX_PIXELS:,}"
                     )
@@ -50,7 +62,7 @@ def load_grey(path: str | Path) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file PIL can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: refused as a decompression bomb ({exc})") from None
+        raise ImageTooLargeError(f"{path}: refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt image data
         raise ImageError(f"{path}: unreadable image ({exc})") from None
 
@@ -66,7 +78,7 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
     ink = (paper - grey) if paper > 127.5 else (grey - paper)
     ink = np.clip(ink, 0.0, None)
     if ink.max() < MIN_CONTRAST:
-        raise ImageError("no ink found (the image is blank or has too little contrast)")
+        raise NoInkError("no ink found (the image is blank or has too little contrast)")
     return ink / ink.max()
 
 
@@ -115,9 +127,19 @@ def find_images(paths: list[Path]) -> list[Path]:
 
 def prepare(path: str | Path) -> np.ndarray:
     """The (28, 28) uint8 MNIST-style image of an image file; errors name the file."""
+    return _named(str(path), lambda: to_mnist(load_grey(path)))
+
+
+def prepare_bytes(data: bytes, name: str) -> np.ndarray:
+    """The (28, 28) uint8 MNIST-style image of an uploaded file's bytes; errors say `name`."""
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    return _named(name, lambda: to_mnist(load_grey(io.BytesIO(data), name)))
+
+
+def _named(name: str, convert: Callable[[], np.ndarray]) -> np.ndarray:
     try:
-        return to_mnist(load_grey(path))
-    except ImageError as exc:
+        return convert()
+    except ImageError as exc:  # same class, message prefixed with the file's name
         message = str(exc)
-        prefixed = message if message.startswith(str(path)) else f"{path}: {message}"
-        raise ImageError(prefixed) from None
+        raise type(exc)(message if message.startswith(name) else f"{name}: {message}") from None

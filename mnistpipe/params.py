@@ -193,6 +193,26 @@ class ReportParams(Section):
                 self.fail(key, "must be between 1 and 10")
 
 
+@dataclass(frozen=True)
+class ServeParams(Section):
+    NAME: ClassVar[str] = "serve"
+    host: str  # the address to listen on; 127.0.0.1 keeps the server on this machine
+    port: int
+    max_upload_mb: float  # larger uploads get 413
+    max_batch: int  # requests classified in one forward pass at most
+    batch_wait_ms: float  # how long the first request of a batch waits for others
+
+    def check(self) -> None:
+        if not 1 <= self.port <= 65535:
+            self.fail("port", "must be between 1 and 65535")
+        if not self.max_upload_mb > 0:
+            self.fail("max_upload_mb", "must be positive")
+        if self.max_batch < 1:
+            self.fail("max_batch", "must be at least 1")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            self.fail("batch_wait_ms", "must be between 0 and 1000")
+
+
 def _check_device(section: Section, device: str) -> None:
     kind, _, index = device.partition(":")
     if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
@@ -209,6 +229,7 @@ SECTIONS: dict[str, type[Section]] = {
         TrainParams,
         EvaluateParams,
         ReportParams,
+        ServeParams,
     )
 }
 TOP_LEVEL_SCALARS = ("seed",)

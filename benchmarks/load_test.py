@@ -1,0 +1,116 @@
+"""A bounded load test of a running server: N requests from K concurrent clients on loopback.
+
+    python -m benchmarks.load_test [--url http://127.0.0.1:8000] [--requests 200] [--clients 8]
+
+Sends MNIST test digits (drawn dark on a light page, as a person's photo would be) to
+`POST /api/predict` and checks every answer against the digit the same model gives in this
+process, so "correct" means "what the pipeline's predict command would say".
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests: int
+    clients: int
+    correct: int
+    failed: int  # error statuses and timeouts
+    p50_ms: float
+    p95_ms: float
+    requests_per_s: float
+
+
+def page_png(digit: np.ndarray) -> bytes:
+    """A (28, 28) light-on-dark digit as dark ink on a 96x96 light page, PNG-encoded."""
+    page = np.full((96, 96), 240, dtype=np.uint8)
+    page[20:76, 24:80] = 240 - np.asarray(Image.fromarray(digit).resize((56, 56))) // 1.2
+    buffer = io.BytesIO()
+    Image.fromarray(page).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_load(
+    url: str, payloads: list[bytes], expected: list[str], requests: int = 200,
+    clients: int = 8, timeout_s: float = 30.0,
+) -> LoadResult:  # fmt: skip
+    """Send `requests` uploads (cycling through `payloads`) from `clients` threads."""
+
+    def one(index: int, client: httpx.Client) -> tuple[float, bool, bool]:
+        body = payloads[index % len(payloads)]
+        started = time.perf_counter()
+        try:
+            response = client.post(f"{url}/api/predict", files={"file": ("d.png", body)})
+        except httpx.HTTPError:
+            return time.perf_counter() - started, False, True
+        seconds = time.perf_counter() - started
+        if response.status_code != 200:
+            return seconds, False, True
+        return seconds, response.json()["digit"] == expected[index % len(expected)], False
+
+    def worker(indices: range) -> list[tuple[float, bool, bool]]:
+        with httpx.Client(timeout=timeout_s) as client:
+            return [one(index, client) for index in indices]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        shares = [range(k, requests, clients) for k in range(clients)]
+        outcomes = [outcome for share in pool.map(worker, shares) for outcome in share]
+    elapsed = time.perf_counter() - started
+    latencies = sorted(seconds * 1000 for seconds, _, _ in outcomes)
+    return LoadResult(
+        requests=requests, clients=clients,
+        correct=sum(ok for _, ok, _ in outcomes), failed=sum(bad for _, _, bad in outcomes),
+        p50_ms=round(statistics.median(latencies), 1),
+        p95_ms=round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+        requests_per_s=round(requests / elapsed, 1),
+    )  # fmt: skip
+
+
+def expected_digits(model_path: Path, payloads: list[bytes]) -> list[str]:
+    """What the predict command's code says for each payload, computed in this process."""
+    from mnistpipe.imaging import prepare_bytes
+    from mnistpipe.models import load_checkpoint
+    from stages.predict import classify
+
+    checkpoint = load_checkpoint(model_path)
+    images = np.stack([prepare_bytes(body, "payload") for body in payloads])
+    return [checkpoint.classes[int(i)] for i in classify(checkpoint, images).argmax(1)]
+
+
+def mnist_payloads(data_dir: Path, count: int = 50) -> list[bytes]:
+    from mnistpipe import processed
+
+    test = processed.load_split(data_dir, "test")
+    return [page_png(image) for image in test.images[:count]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--data", type=Path, default=Path("data/processed"))
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    payloads = mnist_payloads(args.data)
+    result = run_load(args.url, payloads, expected_digits(args.model, payloads),
+                      args.requests, args.clients)  # fmt: skip
+    print(json.dumps(result.__dict__))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+// The drawing pad: dark ink on white paper, sent as a PNG to /api/predict while you draw.
+"use strict";
+
+const pad = document.getElementById("pad");
+const ink = pad.getContext("2d");
+const seen = document.getElementById("seen").getContext("2d");
+const statusLine = document.getElementById("status");
+const INTERVAL_MS = 150; // at most one request per this while drawing
+let drawing = false;
+let last = null;
+let pending = false; // a request is in flight
+let again = false; // the drawing changed while it was
+let lastSent = 0;
+
+function clearPad() {
+  ink.fillStyle = "#fff";
+  ink.fillRect(0, 0, pad.width, pad.height);
+  seen.clearRect(0, 0, 28, 28);
+  document.getElementById("digit").textContent = "?";
+  document.getElementById("confidence").textContent = "";
+  showBars(null);
+  setStatus("Draw a digit to start.", false);
+}
+
+function setStatus(text, isError) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", isError);
+}
+
+function point(event) {
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) * pad.width / box.width,
+          (event.clientY - box.top) * pad.height / box.height];
+}
+
+function stroke(to) {
+  ink.strokeStyle = "#000";
+  ink.lineWidth = 18;
+  ink.lineCap = "round";
+  ink.lineJoin = "round";
+  ink.beginPath();
+  ink.moveTo(...(last || to));
+  ink.lineTo(...to);
+  ink.stroke();
+  last = to;
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  pad.setPointerCapture(event.pointerId);
+  drawing = true;
+  last = null;
+  stroke(point(event));
+});
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  stroke(point(event));
+  if (Date.now() - lastSent > INTERVAL_MS) sendPad();
+});
+for (const name of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(name, () => {
+    if (!drawing) return;
+    drawing = false;
+    sendPad();
+  });
+}
+
+function sendPad() {
+  if (pending) {
+    again = true;
+    return;
+  }
+  lastSent = Date.now();
+  pad.toBlob((blob) => send(blob, "pad.png"), "image/png");
+}
+
+async function send(blob, name) {
+  pending = true;
+  again = false;
+  const form = new FormData();
+  form.append("file", blob, name);
+  try {
+    const response = await fetch("/api/predict", { method: "POST", body: form });
+    const body = await response.json();
+    if (response.ok) showAnswer(body);
+    else setStatus(body.error || `error ${response.status}`, true);
+  } catch (error) {
+    setStatus(`the server did not answer (${error})`, true);
+  } finally {
+    pending = false;
+    if (again) sendPad();
+  }
+}
+
+function showAnswer(answer) {
+  document.getElementById("digit").textContent = answer.digit;
+  document.getElementById("confidence").textContent =
+    `${(answer.confidence * 100).toFixed(1)}% sure`;
+  setStatus("", false);
+  showBars(answer.probabilities);
+  const pixels = seen.createImageData(28, 28);
+  answer.input.flat().forEach((value, i) => {
+    pixels.data.set([value, value, value, 255], i * 4);
+  });
+  seen.putImageData(pixels, 0, 0);
+}
+
+function showBars(probabilities) {
+  const bars = document.getElementById("bars");
+  bars.replaceChildren();
+  const entries = Object.entries(probabilities || {});
+  const top = Math.max(...entries.map(([, p]) => p));
+  for (const [digit, p] of entries) {
+    const bar = document.createElement("div");
+    bar.className = p === top ? "bar top" : "bar";
+    bar.style.width = `${Math.max(p * 100, 0.5)}%`;
+    bar.dataset.digit = digit;
+    const value = document.createElement("span");
+    value.textContent = `${(p * 100).toFixed(1)}%`;
+    const label = document.createElement("span");
+    label.textContent = digit;
+    const track = document.createElement("div");
+    track.append(bar);
+    bars.append(label, track, value);
+  }
+}
+
+document.getElementById("clear").addEventListener("click", clearPad);
+document.getElementById("file").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  if (file) send(file, file.name);
+  event.target.value = "";
+});
+
+clearPad();

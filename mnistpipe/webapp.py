@@ -1,0 +1,187 @@
+"""The web page and HTTP API around one checkpoint (FastAPI; `python -m stages.serve` runs it).
+
+`POST /api/predict` takes an image as the multipart field `file`, turns it into MNIST's format
+with the predict command's own code (`imaging.prepare_bytes`) and answers
+`{digit, confidence, probabilities, input}`, where `input` is the 28x28 image the model saw.
+Requests that arrive together are classified in one forward pass (`Batcher`). Errors are JSON
+`{"error": message}`: 400 for no file, an empty file or a non-image, 413 for an upload over the
+size limit or a decompression bomb, 422 when the image holds no ink. Nothing in a request is
+ever used as a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+
+from mnistpipe.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
+from mnistpipe.models import Checkpoint, predict_logits
+from mnistpipe.params import ServeParams
+
+STATIC_DIR = Path(__file__).with_name("static")
+FORM_OVERHEAD = 64 * 1024  # bytes of multipart framing allowed beyond the file itself
+
+
+@dataclass
+class BatchStats:
+    requests: int = 0
+    batches: int = 0
+    largest: int = 0
+
+
+@dataclass
+class Batcher:
+    """Collects images from concurrent requests and classifies them together.
+
+    The first image of a batch waits up to `wait_s` for others (at most `max_batch` in all);
+    the forward pass runs in a worker thread so the server keeps accepting requests.
+    """
+
+    classify: Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) uint8 -> (N, 10) probabilities
+    max_batch: int
+    wait_s: float
+    stats: BatchStats = field(default_factory=BatchStats)
+    _queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    def start(self) -> asyncio.Task:
+        """Begin serving batches on the running event loop (a server's loop, or a test's)."""
+        self._queue = asyncio.Queue()
+        return asyncio.create_task(self.run())
+
+    async def submit(self, image: np.ndarray) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((image, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = time.monotonic() + self.wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    remaining = max(0.0, deadline - time.monotonic())
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            images = np.stack([image for image, _ in batch])
+            try:
+                probabilities = await asyncio.to_thread(self.classify, images)
+            except Exception as exc:  # never leave a request waiting forever
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.stats.requests += len(batch)
+            self.stats.batches += 1
+            self.stats.largest = max(self.stats.largest, len(batch))
+            for (_, future), row in zip(batch, probabilities, strict=True):
+                if not future.done():  # the client may have gone
+                    future.set_result(row)
+
+
+def classifier(checkpoint: Checkpoint) -> Callable[[np.ndarray], np.ndarray]:
+    model = checkpoint.build()
+
+    def classify(images: np.ndarray) -> np.ndarray:
+        logits = predict_logits(
+            model, torch.from_numpy(images), checkpoint.mean, checkpoint.std, len(images)
+        )
+        return torch.softmax(logits, dim=1).numpy()
+
+    return classify
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def read_upload(request: Request, limit: int) -> bytes | JSONResponse:
+    """The bytes of the multipart field `file`, or the error response for this request."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
+        return error(413, f"upload of {int(declared):,} bytes is over the limit of {limit:,}")
+    body = bytearray()
+    async for chunk in request.stream():  # counted as it comes: no length header is trusted
+        body += chunk
+        if len(body) > limit + FORM_OVERHEAD:
+            return error(413, f"upload is over the limit of {limit:,} bytes")
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=10)
+    except Exception as exc:  # malformed multipart, wrong content type
+        return error(400, f"expected a multipart form with a field 'file' ({exc})")
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        return error(400, "expected a multipart form with a field 'file' holding an image")
+    data = await upload.read()
+    if len(data) > limit:
+        return error(413, f"upload of {len(data):,} bytes is over the limit of {limit:,}")
+    return data
+
+
+def create_app(checkpoint: Checkpoint, health: dict[str, Any], params: ServeParams) -> FastAPI:
+    """The app for one checkpoint; `health` is what `GET /healthz` reports beside its status."""
+    limit = int(params.max_upload_mb * 1024 * 1024)
+    batcher = Batcher(classifier(checkpoint), params.max_batch, params.batch_wait_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = batcher.start()
+        yield
+        task.cancel()
+
+    app = FastAPI(title="MNIST digit classifier", lifespan=lifespan)
+    app.state.batcher = batcher
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        stats = batcher.stats
+        batching = {"requests": stats.requests, "batches": stats.batches, "largest": stats.largest}
+        return {"status": "ok", **health, "batching": batching}
+
+    @app.post("/api/predict")
+    async def predict(request: Request) -> Any:
+        data = await read_upload(request, limit)
+        if isinstance(data, JSONResponse):
+            return data
+        try:
+            image = prepare_bytes(data, "upload")
+        except ImageTooLargeError as exc:
+            return error(413, str(exc))
+        except NoInkError as exc:
+            return error(422, str(exc))
+        except ImageError as exc:
+            return error(400, str(exc))
+        probabilities = await batcher.submit(image)
+        digit = int(probabilities.argmax())
+        return {
+            "digit": checkpoint.classes[digit],
+            "confidence": round(float(probabilities[digit]), 6),
+            "probabilities": {
+                name: round(float(p), 6)
+                for name, p in zip(checkpoint.classes, probabilities, strict=True)
+            },
+            "input": image.tolist(),  # (28, 28) 0-255: what the model saw
+        }
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

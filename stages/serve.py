@@ -1,0 +1,81 @@
+"""Serve the trained model: a page to draw a digit, and an HTTP API for programs.
+
+    python -m stages.serve [--port N] [--host ADDRESS] [--model FILE] [--metrics FILE]
+
+Loads the checkpoint once and listens on 127.0.0.1:8000 by default (params `serve`). Open
+http://127.0.0.1:8000/ to draw; `POST /api/predict` with a multipart field `file`; `GET
+/healthz` reports the checkpoint's hash and metrics. Not a DVC stage: it writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from mnistpipe.cli import run_stage
+from mnistpipe.errors import PipelineError
+from mnistpipe.files import sha256_file
+from mnistpipe.models import Checkpoint, load_checkpoint
+from mnistpipe.params import PARAMS_FILE, ServeParams, load_section
+from mnistpipe.webapp import create_app
+from stages.predict import DEFAULT_MODEL
+
+log = logging.getLogger("serve")
+DEFAULT_METRICS = Path("metrics/metrics.json")
+
+
+def health(model_path: Path, checkpoint: Checkpoint, metrics_path: Path) -> dict[str, Any]:
+    """What /healthz reports: the checkpoint, its hash, and the test metrics if there are."""
+    test_metrics = None
+    if metrics_path.exists():
+        try:
+            test_metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise PipelineError(f"{metrics_path}: not valid JSON ({exc})") from None
+    return {
+        "model": str(model_path),
+        "sha256": sha256_file(model_path),
+        "dataset": checkpoint.dataset,
+        "config": checkpoint.config.to_mapping(),
+        "epoch": checkpoint.epoch,
+        "val_accuracy": checkpoint.val_accuracy,
+        "metrics_file": str(metrics_path) if test_metrics is not None else None,
+        "test_metrics": test_metrics,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.serve", description=__doc__)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to serve")
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=DEFAULT_METRICS,
+        help="the model's test metrics, shown by /healthz if the file exists",
+    )
+    parser.add_argument("--host", help="address to listen on (default: params serve.host)")
+    parser.add_argument("--port", type=int, help="port (default: params serve.port)")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    args = parser.parse_args(argv)
+    params = load_section(ServeParams, args.params)
+    overrides = {"host": args.host, "port": args.port}
+    params = dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
+    checkpoint = load_checkpoint(args.model)
+    app = create_app(checkpoint, health(args.model, checkpoint, args.metrics), params)
+    try:  # bound here, so a taken port is one clear line rather than uvicorn's exit
+        listener = socket.create_server((params.host, params.port))
+    except OSError as exc:
+        raise PipelineError(f"cannot listen on {params.host}:{params.port} ({exc})") from None
+    log.info("serving %s on http://%s:%d/", args.model, params.host, params.port)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
+
+
+if __name__ == "__main__":
+    run_stage(main, "serve")

@@ -1,0 +1,269 @@
+"""The web page's server: API cases in process, the real server under load and in Chromium."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from benchmarks.load_test import expected_digits, mnist_payloads, page_png, run_load
+from mnistpipe import processed
+from mnistpipe.models import load_checkpoint
+from mnistpipe.params import ServeParams
+from mnistpipe.webapp import create_app
+from tests.conftest import REPO, run
+
+CHROMIUM = Path("/usr/bin/chromium")
+PARAMS = ServeParams(host="127.0.0.1", port=8000, max_upload_mb=0.25, max_batch=64,
+                     batch_wait_ms=50.0)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def served(pipeline_baseline, tmp_path_factory):
+    """(checkpoint path, processed-data folder): the fast preset's CNN trained for 4 epochs
+    with augmentation on the baseline's real MNIST subset (about 97% test accuracy)."""
+    repo, _ = pipeline_baseline
+    folder = tmp_path_factory.mktemp("served")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["preset"] = "fast"
+    params["presets"]["fast"]["train"].update(
+        epochs=4, augment_rotate=10.0, augment_shift=2.0, augment_scale=0.1
+    )
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    model, data = folder / "model.pt", repo / "data" / "processed"
+    run([sys.executable, "-m", "stages.train", "--data", str(data), "--model", str(model),
+         "--history", str(folder / "history.csv"), "--params", str(folder / "params.yaml")],
+        REPO)  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.97}))
+    return model, data
+
+
+@pytest.fixture
+def client(served):
+    model, _ = served
+    checkpoint = load_checkpoint(model)
+    app = create_app(checkpoint, {"sha256": "abc", "test_metrics": {"accuracy": 0.97}}, PARAMS)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def png(array: np.ndarray, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8), mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def post(client, body: bytes, name: str = "digit.png"):
+    return client.post("/api/predict", files={"file": (name, body, "image/png")})
+
+
+def test_a_digit_page_is_answered_as_the_predict_command_would(client, served):
+    model, data = served
+    payloads = mnist_payloads(data, count=20)
+    expected = expected_digits(model, payloads)
+    labels = processed.load_split(data, "test").labels[:20]
+    for body, digit in zip(payloads, expected, strict=True):
+        answer = post(client, body).json()
+        assert answer["digit"] == digit
+        probabilities = answer["probabilities"]
+        assert list(probabilities) == [str(d) for d in range(10)]
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+        assert answer["confidence"] == max(probabilities.values())
+        seen = np.array(answer["input"])
+        assert seen.shape == (28, 28) and seen.max() == 255 and seen[0].max() == 0
+    assert np.mean([e == str(label) for e, label in zip(expected, labels, strict=True)]) >= 0.85
+
+
+@pytest.mark.parametrize(
+    "body, name, status, message",
+    [
+        (b"", "empty.png", 400, "upload: empty file"),
+        (b"hello, not an image", "notes.png", 400, "not an image file PIL can read"),
+        (png(np.full((40, 40), 250)), "blank.png", 422, "no ink found"),
+        (png(np.zeros((7000, 7000), bool), "1"), "bomb.png", 413, "decompression bomb"),
+        (os.urandom(300_000), "big.png", 413, "over the limit of 262,144"),
+    ],
+)
+def test_bad_uploads_get_their_status_and_one_message(client, body, name, status, message):
+    response = post(client, body, name)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert "\n" not in response.json()["error"]
+
+
+def test_requests_without_a_file_field_are_refused(client):
+    assert client.post("/api/predict", data={"text": "7"}).status_code == 400
+    assert client.post("/api/predict", content=b"raw bytes").status_code == 400
+    response = client.post("/api/predict", files={"image": ("d.png", png(np.eye(28) * 255))})
+    assert response.status_code == 400 and "field 'file'" in response.json()["error"]
+
+
+def test_a_file_name_is_never_used_as_a_path(client, served):
+    model, data = served
+    body = mnist_payloads(data, count=1)[0]
+    answer = post(client, body, name="../../../../etc/passwd").json()
+    assert answer["digit"] == expected_digits(model, [body])[0]
+
+
+def test_the_server_survives_bad_requests_and_batches_concurrent_ones(client, served):
+    model, data = served
+    for bad in (b"", b"junk", png(np.full((40, 40), 250))):
+        post(client, bad)
+    payloads = mnist_payloads(data, count=16)
+    expected = expected_digits(model, payloads)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda body: post(client, body).json()["digit"], payloads))
+    assert answers == expected
+    batching = client.get("/healthz").json()["batching"]
+    assert batching["requests"] == 16 and batching["largest"] > 1
+    assert batching["batches"] < 16
+
+
+def test_the_page_and_its_files_are_served_without_a_cdn(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    for path in ("/static/app.js", "/static/style.css"):
+        assert client.get(path).status_code == 200
+    assert "http" not in page.text.replace("http-equiv", "")  # nothing fetched from elsewhere
+    assert "http" not in client.get("/static/app.js").text
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(served, tmp_path_factory):
+    """The real `python -m stages.serve` on a free loopback port; yields its URL."""
+    model, _ = served
+    port = free_port()
+    command = [sys.executable, "-m", "stages.serve", "--model", str(model), "--port", str(port),
+               "--metrics", str(model.with_name("metrics.json"))]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the server did not start: {process.stderr.read()}")
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_healthz_reports_the_checkpoint_hash_and_metrics(server, served):
+    model, _ = served
+    health = httpx.get(f"{server}/healthz").json()
+    assert health["status"] == "ok"
+    assert health["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert health["test_metrics"] == {"accuracy": 0.97}
+    assert health["config"]["channels"] == [16, 32, 64] and health["epoch"] == 4
+
+
+def test_load_of_200_requests_from_8_clients_is_answered_correctly(server, served):
+    model, data = served
+    payloads = mnist_payloads(data, count=40)
+    result = run_load(server, payloads, expected_digits(model, payloads), 200, 8, timeout_s=30)
+    assert (result.correct, result.failed) == (200, 0)
+    assert 0 < result.p50_ms <= result.p95_ms
+
+
+def test_serve_errors_are_one_line(tmp_path, served):
+    command = [sys.executable, "-m", "stages.serve", "--model", str(tmp_path / "absent.pt")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("serve: error: ")
+    assert "absent.pt: checkpoint not found" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "stages.serve", "--model", str(served[0]),
+                   "--port", str(port)]  # fmt: skip
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def draw(page, strokes: list[list[tuple[float, float]]]) -> str:
+    """Draw strokes (points as fractions of the pad) with the mouse; return the answer."""
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=8)
+        page.mouse.up()
+    page.wait_for_function("document.querySelector('#digit').textContent !== '?'")
+    page.wait_for_timeout(400)  # the last request, sent on mouse up, is answered
+    return page.locator("#digit").text_content()
+
+
+def test_the_page_in_chromium_draws_and_uploads(server, served, tmp_path):
+    if not CHROMIUM.exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing and REQUIRE_BROWSER is set (as .ci/run sets)")
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        page = browser.new_page()
+        page.goto(server)
+        assert draw(page, [[(0.5, 0.15), (0.5, 0.85)]]) == "1"
+        bars = page.locator("#bars .bar")
+        assert bars.count() == 10
+        page.click("#clear")
+        assert page.locator("#digit").text_content() == "?"
+        assert draw(page, [[(0.25, 0.2), (0.75, 0.2), (0.4, 0.85)]]) == "7"
+        seen = page.evaluate(
+            "Array.from(document.querySelector('#seen').getContext('2d')"
+            ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0)"
+        )
+        assert max(seen) == 255 and max(seen[:28]) == 0  # the digit, centred in black
+        model, data = served
+        body = mnist_payloads(data, count=1)[0]
+        (tmp_path / "upload.png").write_bytes(body)
+        page.locator("#file").set_input_files(str(tmp_path / "upload.png"))
+        expected = expected_digits(model, [body])[0]
+        page.wait_for_function(
+            f"document.querySelector('#digit').textContent === '{expected}'", timeout=10_000
+        )
+        confidence = page.locator("#confidence").text_content()
+        assert confidence.endswith("% sure")
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        assert Image.open(tmp_path / "page.png").size[0] > 300
+        browser.close()
+
+
+def test_page_png_is_dark_ink_on_light_paper():
+    digit = np.zeros((28, 28), np.uint8)
+    digit[4:24, 12:16] = 255
+    page = np.asarray(Image.open(io.BytesIO(page_png(digit))))
+    assert page.shape == (96, 96) and page[0, 0] == 240 and page.min() < 60
