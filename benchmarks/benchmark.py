@@ -6,7 +6,7 @@ stage in its own process (so its wall time includes start-up and data loading, a
 RSS is its own) on the processed data of `dvc repro`, then is scored on the test set here.
 Timings never go into DVC metrics: they land in the results files.
 
-    python -m benchmarks.benchmark [--recipes default fast] [--quick] [--dvc] [--out FILE]
+    python -m benchmarks.benchmark [--recipes default fast] [--quick] [--dvc] [--serve]
 
 `--quick` trains every recipe for one epoch on 4,000 training images (under 2 minutes): a
 smoke test of the benchmark itself, whose numbers mean nothing else.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from benchmarks import load_test
 from mnistpipe import processed
 from mnistpipe.imaging import to_mnist
 from mnistpipe.models import Checkpoint, load_checkpoint, predict_logits
@@ -243,6 +245,17 @@ def dvc_overhead(repo: Path) -> dict[str, float]:
             "report_change_exp_run_s": experiment}  # fmt: skip
 
 
+def serve_load(model: Path, data_dir: Path) -> dict:
+    """p50/p95 latency of 200 requests from 8 concurrent clients on loopback."""
+    payloads = load_test.mnist_payloads(data_dir)
+    expected = load_test.expected_digits(model, payloads)
+    with load_test.running_server(model) as url:
+        result = load_test.run_load(url, payloads, expected, requests=200, clients=8)
+    if result.correct != result.requests:
+        raise SystemExit(f"benchmark: the server answered {result.correct} of 200 correctly")
+    return dataclasses.asdict(result)
+
+
 def write_results(out: Path, results: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
@@ -255,6 +268,9 @@ def write_results(out: Path, results: dict) -> None:
         text += f"\n## {DEFAULT} / {REFERENCE}\n\n"
         text += "Below 1 is better for error and times, above 1 for images/s.\n\n"
         text += pd.DataFrame(results["ratios"]).to_markdown(index=False) + "\n"
+    if results["serve"]:
+        text += "\n## stages.serve on loopback\n\n"
+        text += pd.DataFrame([results["serve"]]).to_markdown(index=False) + "\n"
     if results["dvc"]:
         text += "\n## DVC, seconds\n\n" + pd.DataFrame([results["dvc"]]).to_markdown(index=False)
         text += "\n"
@@ -270,6 +286,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="one epoch on 4,000 images")
     parser.add_argument("--dvc", action="store_true", help="also time dvc repro and exp run")
+    parser.add_argument("--serve", action="store_true",
+                        help="also load-test stages.serve with models/model.pt")  # fmt: skip
     args = parser.parse_args()
     base = yaml.safe_load(args.params.read_text())
     known = [DEFAULT, *base.get(PRESETS_KEY, {})]
@@ -288,8 +306,12 @@ def main() -> None:
     if args.dvc:
         print("benchmark: dvc repro against dvc exp run", file=sys.stderr)
         dvc_times = dvc_overhead(Path.cwd())
+    serve = None
+    if args.serve:
+        print("benchmark: 200 requests from 8 clients to stages.serve", file=sys.stderr)
+        serve = serve_load(Path("models/model.pt"), args.data)
     results = {"machine": machine(), "quick": args.quick, "runs": rows, "ratios": ratios(rows),
-               "dvc": dvc_times}  # fmt: skip
+               "dvc": dvc_times, "serve": serve}  # fmt: skip
     write_results(args.out, results)
 
 

@@ -2,6 +2,9 @@
 
     python -m benchmarks.load_test [--url http://127.0.0.1:8000] [--requests 200] [--clients 8]
 
+Without `--url` it starts `python -m stages.serve` for `--model` on a free port itself.
+`python -m benchmarks.benchmark --serve` runs it and records p50/p95 in the results.
+
 Sends MNIST test digits (drawn dark on a light page, as a person's photo would be) to
 `POST /api/predict` and checks every answer against the digit the same model gives in this
 process, so "correct" means "what the pipeline's predict command would say".
@@ -10,17 +13,30 @@ process, so "correct" means "what the pipeline's predict command would say".
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
+import socket
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
+
+from mnistpipe import processed
+from mnistpipe.imaging import prepare_bytes
+from mnistpipe.models import load_checkpoint
+from stages.predict import classify
+
+REPO = Path(__file__).resolve().parents[1]  # where `python -m stages.serve` runs
 
 
 @dataclass(frozen=True)
@@ -80,36 +96,66 @@ def run_load(
     )  # fmt: skip
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(model: Path, *extra: str, timeout_s: float = 60) -> Iterator[str]:
+    """`python -m stages.serve` on a free loopback port, until the block ends; yields its URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "stages.serve", "--model", str(model), "--port", str(port),
+               *extra]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    message = f"the server did not start: {process.communicate()[1]}"
+                    raise RuntimeError(message) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def expected_digits(model_path: Path, payloads: list[bytes]) -> list[str]:
     """What the predict command's code says for each payload, computed in this process."""
-    from mnistpipe.imaging import prepare_bytes
-    from mnistpipe.models import load_checkpoint
-    from stages.predict import classify
-
     checkpoint = load_checkpoint(model_path)
     images = np.stack([prepare_bytes(body, "payload") for body in payloads])
     return [checkpoint.classes[int(i)] for i in classify(checkpoint, images).argmax(1)]
 
 
 def mnist_payloads(data_dir: Path, count: int = 50) -> list[bytes]:
-    from mnistpipe import processed
-
     test = processed.load_split(data_dir, "test")
     return [page_png(image) for image in test.images[:count]]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--url", help="a running server (default: start one)")
     parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
     parser.add_argument("--data", type=Path, default=Path("data/processed"))
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
     payloads = mnist_payloads(args.data)
-    result = run_load(args.url, payloads, expected_digits(args.model, payloads),
-                      args.requests, args.clients)  # fmt: skip
-    print(json.dumps(result.__dict__))
+    expected = expected_digits(args.model, payloads)
+    if args.url:
+        result = run_load(args.url, payloads, expected, args.requests, args.clients)
+    else:
+        with running_server(args.model) as url:
+            result = run_load(url, payloads, expected, args.requests, args.clients)
+    print(json.dumps(dataclasses.asdict(result)))
 
 
 if __name__ == "__main__":

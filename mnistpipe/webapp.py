@@ -123,12 +123,15 @@ async def read_upload(request: Request, limit: int) -> bytes | JSONResponse:
 
     try:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=10)
-    except Exception as exc:  # malformed multipart, wrong content type
+    except Exception as exc:  # malformed multipart, too many parts
         return error(400, f"expected a multipart form with a field 'file' ({exc})")
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        return error(400, "expected a multipart form with a field 'file' holding an image")
-    data = await upload.read()
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            return error(400, "expected a multipart form with a field 'file' holding an image")
+        data = await upload.read()
+    finally:
+        await form.close()  # removes spooled temporary files
     if len(data) > limit:
         return error(413, f"upload of {len(data):,} bytes is over the limit of {limit:,}")
     return data
@@ -146,7 +149,6 @@ def create_app(checkpoint: Checkpoint, health: dict[str, Any], params: ServePara
         task.cancel()
 
     app = FastAPI(title="MNIST digit classifier", lifespan=lifespan)
-    app.state.batcher = batcher
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -164,7 +166,8 @@ def create_app(checkpoint: Checkpoint, health: dict[str, Any], params: ServePara
         if isinstance(data, JSONResponse):
             return data
         try:
-            image = prepare_bytes(data, "upload")
+            # Decoding can take a while (up to 40 Mpx): off the event loop.
+            image = await asyncio.to_thread(prepare_bytes, data, "upload")
         except ImageTooLargeError as exc:
             return error(413, str(exc))
         except NoInkError as exc:

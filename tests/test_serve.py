@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,13 @@ import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from benchmarks.load_test import expected_digits, mnist_payloads, page_png, run_load
+from benchmarks.load_test import (
+    expected_digits,
+    mnist_payloads,
+    page_png,
+    run_load,
+    running_server,
+)
 from mnistpipe import processed
 from mnistpipe.models import load_checkpoint
 from mnistpipe.params import ServeParams
@@ -61,9 +66,11 @@ def client(served):
         yield test_client
 
 
-def png(array: np.ndarray, mode: str = "L") -> bytes:
+def png(image: np.ndarray | Image.Image) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image.astype(np.uint8))
     buffer = io.BytesIO()
-    Image.fromarray(array.astype(np.uint8), mode).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -84,22 +91,23 @@ def test_a_digit_page_is_answered_as_the_predict_command_would(client, served):
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
         assert answer["confidence"] == max(probabilities.values())
         seen = np.array(answer["input"])
-        assert seen.shape == (28, 28) and seen.max() == 255 and seen[0].max() == 0
+        assert seen.shape == (28, 28) and seen.max() > 128 and seen[0].max() == 0
     assert np.mean([e == str(label) for e, label in zip(expected, labels, strict=True)]) >= 0.85
 
 
 @pytest.mark.parametrize(
-    "body, name, status, message",
+    "make_body, status, message",
     [
-        (b"", "empty.png", 400, "upload: empty file"),
-        (b"hello, not an image", "notes.png", 400, "not an image file PIL can read"),
-        (png(np.full((40, 40), 250)), "blank.png", 422, "no ink found"),
-        (png(np.zeros((7000, 7000), bool), "1"), "bomb.png", 413, "decompression bomb"),
-        (os.urandom(300_000), "big.png", 413, "over the limit of 262,144"),
+        (lambda: b"", 400, "upload: empty file"),
+        (lambda: b"hello, not an image", 400, "not an image file PIL can read"),
+        (lambda: png(np.full((40, 40), 250)), 422, "no ink found"),
+        (lambda: png(Image.new("1", (7000, 7000))), 413, "decompression bomb"),  # 49 Mpx
+        (lambda: os.urandom(300_000), 413, "upload of 300,000 bytes is over the limit of 262,144"),
+        (lambda: os.urandom(400_000), 413, "is over the limit of 262,144"),  # by its header
     ],
 )
-def test_bad_uploads_get_their_status_and_one_message(client, body, name, status, message):
-    response = post(client, body, name)
+def test_bad_uploads_get_their_status_and_one_message(client, make_body, status, message):
+    response = post(client, make_body())
     assert response.status_code == status
     assert message in response.json()["error"]
     assert "\n" not in response.json()["error"]
@@ -142,34 +150,12 @@ def test_the_page_and_its_files_are_served_without_a_cdn(client):
     assert "http" not in client.get("/static/app.js").text
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def server(served, tmp_path_factory):
+def server(served):
     """The real `python -m stages.serve` on a free loopback port; yields its URL."""
     model, _ = served
-    port = free_port()
-    command = [sys.executable, "-m", "stages.serve", "--model", str(model), "--port", str(port),
-               "--metrics", str(model.with_name("metrics.json"))]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"the server did not start: {process.stderr.read()}")
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_server(model, "--metrics", str(model.with_name("metrics.json"))) as url:
+        yield url
 
 
 def test_healthz_reports_the_checkpoint_hash_and_metrics(server, served):
@@ -178,7 +164,8 @@ def test_healthz_reports_the_checkpoint_hash_and_metrics(server, served):
     assert health["status"] == "ok"
     assert health["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert health["test_metrics"] == {"accuracy": 0.97}
-    assert health["config"]["channels"] == [16, 32, 64] and health["epoch"] == 4
+    assert health["config"]["channels"] == [16, 32, 64]
+    assert health["epoch"] == load_checkpoint(model).epoch
 
 
 def test_load_of_200_requests_from_8_clients_is_answered_correctly(server, served):
