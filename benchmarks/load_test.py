@@ -20,12 +20,14 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import numpy as np
@@ -108,24 +110,30 @@ def running_server(model: Path, *extra: str, timeout_s: float = 60) -> Iterator[
     port = free_port()
     command = [sys.executable, "-m", "stages.serve", "--model", str(model), "--port", str(port),
                *extra]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    # The log is a file, not a pipe: a full pipe would block the server.
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, cwd=REPO, stderr=log, text=True)
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}", process, log, timeout_s)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: IO[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    message = f"the server did not start: {process.communicate()[1]}"
-                    raise RuntimeError(message) from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                log.seek(0)
+                raise RuntimeError(f"the server did not start: {log.read()}") from None
+            time.sleep(0.2)
 
 
 def expected_digits(model_path: Path, payloads: list[bytes]) -> list[str]:

@@ -1,0 +1,48 @@
+"""Smoke test of the benchmark: `--quick` produces every number (which mean nothing here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+RECIPES = ["default", "fast", "mlp", "seed-mlp", "examples-cnn"]
+NUMBERS = ["test_accuracy", "train_wall_s", "epochs_s", "train_images_per_s",
+           "inference_images_per_s", "predict_one_image_s", "peak_rss_mb"]  # fmt: skip
+
+
+def test_quick_benchmark_produces_every_number(pipeline_baseline, tmp_path):
+    repo, _ = pipeline_baseline
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "benchmarks.benchmark", "--quick", "--data",
+               str(repo / "data" / "processed"), "--params", str(repo / "params.yaml"),
+               "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert results["quick"] is True
+    assert {"cpu", "cores", "torch", "threads", "gpu"} <= set(results["machine"])
+    assert [run["recipe"] for run in results["runs"]] == RECIPES
+    for run in results["runs"]:
+        assert run["epochs"] == 1
+        assert 0.0 <= run["test_accuracy"] <= 1.0
+        assert all(run[key] > 0 for key in NUMBERS), run
+    ratios = {row["metric"]: row["ratio"] for row in results["ratios"]}
+    assert ratios["training images/s"] > 0 and ratios["peak RSS"] > 0
+    by_recipe = {run["recipe"]: run for run in results["runs"]}
+    expected = by_recipe["default"]["train_wall_s"] / by_recipe["examples-cnn"]["train_wall_s"]
+    assert abs(ratios["training wall time"] - expected) < 0.001
+    markdown = out.with_suffix(".md").read_text()
+    assert "Quick mode" in markdown and "| examples-cnn |" in markdown
+    assert "## default / examples-cnn" in markdown
+
+
+def test_unknown_recipe_is_one_clear_error(tmp_path):
+    command = [sys.executable, "-m", "benchmarks.benchmark", "--recipes", "turbo", "--out",
+               str(tmp_path / "r")]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown recipe 'turbo'; known: default, fast" in result.stderr
+    assert not (tmp_path / "r.json").exists()
