@@ -104,7 +104,7 @@ def run_train(params: dict, workdir: Path, data_dir: Path) -> tuple[float, float
 def first_epoch_time(history: pd.DataFrame, accuracy: float) -> float | None:
     """Training seconds until validation accuracy first reaches `accuracy`, or None."""
     reached = history.index[history["val_accuracy"] >= accuracy]
-    return float(history["seconds"].cumsum()[reached[0]]) if len(reached) else None
+    return round(float(history["seconds"].cumsum()[reached[0]]), 1) if len(reached) else None
 
 
 def inference_rate(checkpoint: Checkpoint, images: torch.Tensor, batch_size: int = 1000) -> float:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import httpx
+import httpx2
 import numpy as np
 from PIL import Image
 
@@ -67,12 +67,12 @@ def run_load(
 ) -> LoadResult:  # fmt: skip
     """Send `requests` uploads (cycling through `payloads`) from `clients` threads."""
 
-    def one(index: int, client: httpx.Client) -> tuple[float, bool, bool]:
+    def one(index: int, client: httpx2.Client) -> tuple[float, bool, bool]:
         body = payloads[index % len(payloads)]
         started = time.perf_counter()
         try:
             response = client.post(f"{url}/api/predict", files={"file": ("d.png", body)})
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             return time.perf_counter() - started, False, True
         seconds = time.perf_counter() - started
         if response.status_code != 200:
@@ -80,7 +80,7 @@ def run_load(
         return seconds, response.json()["digit"] == expected[index % len(expected)], False
 
     def worker(indices: range) -> list[tuple[float, bool, bool]]:
-        with httpx.Client(timeout=timeout_s) as client:
+        with httpx2.Client(timeout=timeout_s) as client:
             return [one(index, client) for index in indices]
 
     started = time.perf_counter()
@@ -125,9 +125,9 @@ def wait_until_up(url: str, process: subprocess.Popen, log: IO[str], timeout_s: 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+            httpx2.get(f"{url}/healthz", timeout=1).raise_for_status()
             return
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 process.wait()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
+import httpx2
 import numpy as np
 import pytest
 import yaml
@@ -160,7 +160,7 @@ def server(served):
 
 def test_healthz_reports_the_checkpoint_hash_and_metrics(server, served):
     model, _ = served
-    health = httpx.get(f"{server}/healthz").json()
+    health = httpx2.get(f"{server}/healthz").json()
     assert health["status"] == "ok"
     assert health["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert health["test_metrics"] == {"accuracy": 0.97}
@@ -203,8 +203,9 @@ def draw(page, strokes: list[list[tuple[float, float]]]) -> str:
         for x, y in stroke[1:]:
             page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=8)
         page.mouse.up()
-    page.wait_for_function("document.querySelector('#digit').textContent !== '?'")
-    page.wait_for_timeout(400)  # the last request, sent on mouse up, is answered
+    # The answer shown is for the finished drawing, not one sent while it was drawn.
+    page.wait_for_function("(d => d.answered === d.drawn)(document.getElementById('pad').dataset)",
+                           timeout=10_000)  # fmt: skip
     return page.locator("#digit").text_content()
 
 

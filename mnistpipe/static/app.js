@@ -11,8 +11,16 @@ let last = null;
 let pending = false; // a request is in flight
 let again = false; // the drawing changed while it was
 let lastSent = 0;
+// Versions of the drawing: pad.dataset.drawn changes with each stroke, pad.dataset.answered
+// names the version the shown answer is for (equal when the answer is up to date).
+let drawn = 0;
+let sent = 0; // the version last sent
+let cleared = 0; // answers for versions before this are stale
 
 function clearPad() {
+  drawn += 1;
+  cleared = drawn;
+  pad.dataset.drawn = pad.dataset.answered = drawn;
   ink.fillStyle = "#fff";
   ink.fillRect(0, 0, pad.width, pad.height);
   seen.clearRect(0, 0, 28, 28);
@@ -43,6 +51,8 @@ function stroke(to) {
   ink.lineTo(...to);
   ink.stroke();
   last = to;
+  drawn += 1;
+  pad.dataset.drawn = drawn;
 }
 
 pad.addEventListener("pointerdown", (event) => {
@@ -69,11 +79,15 @@ function sendPad() {
     again = true;
     return;
   }
+  if (sent === drawn) return; // this drawing is answered or on its way
   lastSent = Date.now();
-  pad.toBlob((blob) => send(blob, "pad.png"), "image/png");
+  pending = true;
+  const version = drawn;
+  sent = version;
+  pad.toBlob((blob) => send(blob, "pad.png", version), "image/png");
 }
 
-async function send(blob, name) {
+async function send(blob, name, version) {
   pending = true;
   again = false;
   const form = new FormData();
@@ -81,8 +95,11 @@ async function send(blob, name) {
   try {
     const response = await fetch("/api/predict", { method: "POST", body: form });
     const body = await response.json();
+    const stale = version !== undefined && version < cleared;
+    if (stale) return; // drawn before the pad was cleared
     if (response.ok) showAnswer(body);
     else setStatus(body.error || `error ${response.status}`, true);
+    if (version !== undefined) pad.dataset.answered = version;
   } catch (error) {
     setStatus(`the server did not answer (${error})`, true);
   } finally {
