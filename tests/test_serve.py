@@ -164,8 +164,10 @@ def test_healthz_reports_the_checkpoint_hash_and_metrics(server, served):
     assert health["status"] == "ok"
     assert health["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert health["test_metrics"] == {"accuracy": 0.97}
-    assert health["config"]["channels"] == [16, 32, 64]
-    assert health["epoch"] == load_checkpoint(model).epoch
+    checkpoint = load_checkpoint(model)
+    assert health["config"] == checkpoint.config.to_mapping()
+    assert health["config"]["name"] == "cnn"
+    assert (health["epoch"], health["val_accuracy"]) == (checkpoint.epoch, checkpoint.val_accuracy)
 
 
 def test_load_of_200_requests_from_8_clients_is_answered_correctly(server, served):
