@@ -277,6 +277,8 @@ def load_training(path: str | Path = PARAMS_FILE) -> tuple[ModelParams, TrainPar
             raise ParamsError(f"{path}: missing section {cls.NAME!r}")
         sections[cls.NAME] = dict(raw[cls.NAME])
     name = sections["train"].get("preset", NO_PRESET)
+    if not isinstance(name, str):
+        raise ParamsError(f"{path}: train.preset: expected str, got {name!r}")
     if name != NO_PRESET:
         presets = raw.get(PRESETS_KEY) or {}
         if not isinstance(presets, dict) or name not in presets:

@@ -191,6 +191,7 @@ def test_a_preset_replaces_only_the_keys_it_lists(tmp_path):
         ("lr: 0.4}", "lr: 0.4, lr_typo: 1}", "unknown key train.lr_typo"),
         ("model: {channels", "evaluate: {channels", "presets.quick: must map model and/or"),
         ("lr: 0.4}", "preset: none}", "presets.quick.train.preset: a preset cannot name one"),
+        ("preset: quick", "preset: [quick]", "train.preset: expected str, got ['quick']"),
     ],
 )
 def test_bad_presets_are_rejected(tmp_path, old, new, message):
