@@ -107,12 +107,14 @@ def first_epoch_time(history: pd.DataFrame, accuracy: float) -> float | None:
     return round(float(history["seconds"].cumsum()[reached[0]]), 1) if len(reached) else None
 
 
-def inference_rate(checkpoint: Checkpoint, images: torch.Tensor, batch_size: int = 1000) -> float:
-    model = checkpoint.build()
+def timed_logits(
+    model: torch.nn.Module, checkpoint: Checkpoint, images: torch.Tensor, batch_size: int = 1000
+) -> tuple[torch.Tensor, float]:
+    """The logits of `images`, and the images/s of computing them after one warm-up batch."""
     predict_logits(model, images[:batch_size], checkpoint.mean, checkpoint.std, batch_size)
     started = time.perf_counter()
-    predict_logits(model, images, checkpoint.mean, checkpoint.std, batch_size)
-    return len(images) / (time.perf_counter() - started)
+    logits = predict_logits(model, images, checkpoint.mean, checkpoint.std, batch_size)
+    return logits, len(images) / (time.perf_counter() - started)
 
 
 def foreign_pages(count: int = 500, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
@@ -129,9 +131,8 @@ def foreign_pages(count: int = 500, seed: int = 0) -> tuple[list[np.ndarray], np
     return pages, digits.target[:count]
 
 
-def foreign_accuracy(checkpoint: Checkpoint) -> tuple[float, float]:
+def foreign_accuracy(model: torch.nn.Module, checkpoint: Checkpoint) -> tuple[float, float]:
     """Accuracy on foreign digit pages with MNIST-style preprocessing, and with a plain resize."""
-    model = checkpoint.build()
     pages, labels = foreign_pages()
     prepared = np.stack([to_mnist(page) for page in pages])
     resized = np.stack([np.asarray(Image.fromarray(page.astype(np.uint8)).resize((28, 28)))
@@ -166,10 +167,10 @@ def benchmark(name: str, base: dict, data_dir: Path, quick: bool) -> dict:
         test = processed.load_split(data_dir, "test")
         images = torch.from_numpy(test.images)
         checkpoint = load_checkpoint(model_path)
-        logits = predict_logits(checkpoint.build(), images, checkpoint.mean, checkpoint.std, 1000)
+        model = checkpoint.build()
+        logits, infer = timed_logits(model, checkpoint, images)
         metrics = summary_metrics(test.labels.astype("int64"), logits)
-        infer = inference_rate(checkpoint, images)
-        foreign = (None, None) if quick else foreign_accuracy(checkpoint)
+        foreign = (None, None) if quick else foreign_accuracy(model, checkpoint)
         latency = predict_latency(model_path, workdir, runs=1 if quick else 3)
     train_images = processed.load_meta(data_dir).sizes["train"] * len(history)
     epochs_s = float(history["seconds"].sum())

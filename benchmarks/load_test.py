@@ -35,8 +35,7 @@ from PIL import Image
 
 from mnistpipe import processed
 from mnistpipe.imaging import prepare_bytes
-from mnistpipe.models import load_checkpoint
-from stages.predict import classify
+from mnistpipe.models import load_checkpoint, predict_probabilities
 
 REPO = Path(__file__).resolve().parents[1]  # where `python -m stages.serve` runs
 
@@ -140,7 +139,8 @@ def expected_digits(model_path: Path, payloads: list[bytes]) -> list[str]:
     """What the predict command's code says for each payload, computed in this process."""
     checkpoint = load_checkpoint(model_path)
     images = np.stack([prepare_bytes(body, "payload") for body in payloads])
-    return [checkpoint.classes[int(i)] for i in classify(checkpoint, images).argmax(1)]
+    probabilities = predict_probabilities(checkpoint.build(), checkpoint, images)
+    return [checkpoint.classes[int(i)] for i in probabilities.argmax(1)]
 
 
 def mnist_payloads(data_dir: Path, count: int = 50) -> list[bytes]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -195,6 +196,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         reason = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"{path}: inconsistent checkpoint ({reason})") from None
     return checkpoint
+
+
+def predict_probabilities(
+    model: nn.Module, checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 1000
+) -> torch.Tensor:
+    """(N, 28, 28) uint8 MNIST-style images -> (N, 10) class probabilities, with `model` built
+    from `checkpoint` (built once by callers that classify many times)."""
+    logits = predict_logits(
+        model, torch.from_numpy(images), checkpoint.mean, checkpoint.std, batch_size
+    )
+    return torch.softmax(logits, dim=1)
 
 
 @torch.no_grad()

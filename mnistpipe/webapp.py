@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
 from mnistpipe.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
-from mnistpipe.models import Checkpoint, predict_logits
+from mnistpipe.models import Checkpoint, predict_probabilities
 from mnistpipe.params import ServeParams
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -92,15 +91,8 @@ class Batcher:
 
 
 def classifier(checkpoint: Checkpoint) -> Callable[[np.ndarray], np.ndarray]:
-    model = checkpoint.build()
-
-    def classify(images: np.ndarray) -> np.ndarray:
-        logits = predict_logits(
-            model, torch.from_numpy(images), checkpoint.mean, checkpoint.std, len(images)
-        )
-        return torch.softmax(logits, dim=1).numpy()
-
-    return classify
+    model = checkpoint.build()  # once, for every request
+    return lambda images: predict_probabilities(model, checkpoint, images, len(images)).numpy()
 
 
 def error(status: int, message: str) -> JSONResponse:

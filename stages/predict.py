@@ -20,17 +20,9 @@ import torch
 from mnistpipe.cli import run_stage
 from mnistpipe.errors import PipelineError
 from mnistpipe.imaging import ImageError, find_images, prepare
-from mnistpipe.models import Checkpoint, load_checkpoint, predict_logits
+from mnistpipe.models import load_checkpoint, predict_probabilities
 
 DEFAULT_MODEL = Path("models/model.pt")
-
-
-def classify(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
-    """(N, 28, 28) uint8 MNIST-style images -> (N, 10) class probabilities."""
-    logits = predict_logits(
-        checkpoint.build(), torch.from_numpy(images), checkpoint.mean, checkpoint.std, batch_size
-    )
-    return torch.softmax(logits, dim=1)
 
 
 def write_results(
@@ -78,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"predict: error: {exc}", file=sys.stderr)
             failures += 1
     if images:
-        probabilities = classify(checkpoint, np.stack(images), args.batch_size)
+        model = checkpoint.build()
+        probabilities = predict_probabilities(model, checkpoint, np.stack(images), args.batch_size)
         write_results(good, probabilities, checkpoint.classes, args.format)
     if failures:
         print(f"predict: {failures} of {len(files)} files failed", file=sys.stderr)
