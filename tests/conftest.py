@@ -20,8 +20,29 @@ from mnistpipe.datasets import (
     DatasetSpec,
 )
 from mnistpipe.files import md5_hex
+from mnistpipe.models import CNNConfig
+from mnistpipe.training import TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A small training recipe and CNN for unit tests: fast on one CPU thread.
+RECIPE = TrainParams(
+    epochs=2,
+    batch_size=32,
+    optimizer="sgd",
+    lr=0.05,
+    momentum=0.9,
+    weight_decay=5e-4,
+    schedule="one-cycle",
+    step_gamma=0.7,
+    label_smoothing=0.1,
+    augment_rotate=10.0,
+    augment_shift=2.0,
+    augment_scale=0.1,
+    device="cpu",
+    threads=1,
+)
+SMALL_CNN = CNNConfig(channels=(4, 8), convs=(1, 1))
 
 
 def synthetic_files(n_train: int = 200, n_test: int = 50, seed: int = 0) -> dict[str, bytes]:

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from stages.evaluate import confusion_table, misclassified_table, per_class_table, summary_metrics
+from mnistpipe.metrics import (
+    confusion_table,
+    misclassified_table,
+    per_class_table,
+    summary_metrics,
+)
 
 CLASSES = tuple("0123456789")
 

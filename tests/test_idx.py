@@ -4,13 +4,17 @@ import numpy as np
 import pytest
 
 from mnistpipe import idx
-from mnistpipe.idx import IdxError
+from mnistpipe.errors import PipelineError
+
+
+def write(path, array):
+    path.write_bytes(idx.encode(array))
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 28, 28), (2, 3, 4, 5), (0, 28, 28)])
 def test_round_trip(tmp_path, shape):
     array = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
-    idx.write(tmp_path / "file", array)
+    write(tmp_path / "file", array)
     back = idx.read(tmp_path / "file")
     assert back.dtype == np.uint8 and back.shape == shape
     np.testing.assert_array_equal(back, array)
@@ -39,34 +43,38 @@ def test_encoding_matches_the_published_layout():
 def test_corrupt_files_are_named_errors(tmp_path, mutate, message):
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(mutate(idx.encode(np.zeros((2, 28, 28), dtype=np.uint8))))
-    with pytest.raises(IdxError) as error:
+    with pytest.raises(PipelineError) as error:
         idx.read_images(path)
     assert str(error.value).startswith(str(path)) and message in str(error.value)
 
 
 def test_label_out_of_range_is_an_error(tmp_path):
     path = tmp_path / "labels"
-    idx.write(path, np.array([1, 2, 10, 3, 11], dtype=np.uint8))
-    with pytest.raises(IdxError, match=r"labels: label 10 at index 2 is outside 0-9 \(2 such"):
+    write(path, np.array([1, 2, 10, 3, 11], dtype=np.uint8))
+    with pytest.raises(
+        PipelineError, match=r"labels: label 10 at index 2 is outside 0-9 \(2 such"
+    ):
         idx.read_labels(path)
 
 
 def test_image_file_with_wrong_dimensions_is_an_error(tmp_path):
     path = tmp_path / "images"
-    idx.write(path, np.zeros((2, 32, 32), dtype=np.uint8))
-    with pytest.raises(IdxError, match=r"expected images of shape \(N, 28, 28\), found \(2, 32"):
+    write(path, np.zeros((2, 32, 32), dtype=np.uint8))
+    with pytest.raises(
+        PipelineError, match=r"expected images of shape \(N, 28, 28\), found \(2, 32"
+    ):
         idx.read_images(path)
-    with pytest.raises(IdxError, match="expected labels of shape"):
+    with pytest.raises(PipelineError, match="expected labels of shape"):
         idx.read_labels(path)
 
 
 def test_image_and_label_counts_must_agree(tmp_path):
-    idx.write(tmp_path / "images", np.zeros((3, 28, 28), dtype=np.uint8))
-    idx.write(tmp_path / "labels", np.zeros(4, dtype=np.uint8))
-    with pytest.raises(IdxError, match="4 labels for the 3 images of"):
+    write(tmp_path / "images", np.zeros((3, 28, 28), dtype=np.uint8))
+    write(tmp_path / "labels", np.zeros(4, dtype=np.uint8))
+    with pytest.raises(PipelineError, match="4 labels for the 3 images of"):
         idx.read_pair(tmp_path / "images", tmp_path / "labels")
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(IdxError, match="absent: file not found"):
+    with pytest.raises(PipelineError, match="absent: file not found"):
         idx.read(tmp_path / "absent")

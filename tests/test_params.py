@@ -4,21 +4,36 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from mnistpipe.errors import PipelineError
+from mnistpipe.models import CNNConfig, ModelParams
 from mnistpipe.params import (
-    SECTIONS,
+    SECTION_NAMES,
     DataParams,
     DownloadParams,
-    ModelParams,
-    ParamsError,
+    EvaluateParams,
     PreprocessParams,
-    TrainParams,
+    ReportParams,
+    Section,
+    ServeParams,
     load_section,
     load_seed,
-    load_training,
     read_params,
 )
+from mnistpipe.training import TrainParams
 from tests.conftest import REPO
+
+SECTIONS = (
+    DataParams,
+    DownloadParams,
+    PreprocessParams,
+    ModelParams,
+    TrainParams,
+    EvaluateParams,
+    ReportParams,
+    ServeParams,
+)
 
 VALID = """
 seed: 7
@@ -32,12 +47,15 @@ preprocess:
   subset: 0
 model:
   name: cnn
-  channels: [8, 16]
-  convs: [1, 2]
-  hidden: [128]
-  dropout: 0.1
+  cnn:
+    channels: [8, 16]
+    convs: [1, 2]
+    dropout: 0.1
+  mlp:
+    hidden: [128]
+    dropout: 0.0
+  examples-cnn: {}
 train:
-  preset: none
   epochs: 3
   batch_size: 64
   optimizer: adam
@@ -55,10 +73,6 @@ train:
 evaluate:
   batch_size: 500
   device: cpu
-presets:
-  quick:
-    model: {channels: [4, 8], dropout: 0.0}
-    train: {epochs: 1, optimizer: sgd, lr: 0.4}
 """
 
 
@@ -70,19 +84,17 @@ def write(tmp_path, text):
 
 def test_repository_params_load_into_every_section():
     raw = read_params(REPO / "params.yaml")
-    assert set(raw) == {"seed", "presets", *SECTIONS}
-    for cls in SECTIONS.values():
+    assert set(raw) == {"seed", *SECTION_NAMES}
+    for cls in SECTIONS:
         assert isinstance(load_section(cls, REPO / "params.yaml"), cls)
-    for name in raw["presets"]:  # every shipped preset gives valid sections
-        path = REPO / "params.yaml"
-        text = path.read_text().replace("  preset: none", f"  preset: {name}")
-        assert text != path.read_text()
-        copy = Path(tempfile.mkdtemp()) / "params.yaml"
-        copy.write_text(text)
-        model, train = load_training(copy)
-        assert train.preset == name
-        assert model.to_mapping().items() >= raw["presets"][name]["model"].items()
-        assert train.to_mapping().items() >= raw["presets"][name]["train"].items()
+
+
+def test_every_section_class_has_its_place_in_the_file():
+    def subclasses(cls):
+        return [cls] + [s for sub in cls.__subclasses__() for s in subclasses(sub)]
+
+    names = {cls.NAME for cls in subclasses(Section) if "NAME" in vars(cls)}
+    assert names == set(SECTION_NAMES) == {cls.NAME for cls in SECTIONS}
 
 
 def test_valid_params_become_typed_frozen_sections(tmp_path):
@@ -90,12 +102,13 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
     assert load_seed(path) == 7
     download = load_section(DownloadParams, path)
     assert download == DownloadParams(sources=("pypi", "local"), local_dir=None)
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         download.sources = ("local",)
     assert load_section(PreprocessParams, path) == PreprocessParams(val_size=100, subset=0)
     train = load_section(TrainParams, path)
     assert train.weight_decay == 0.0 and isinstance(train.weight_decay, float)
-    assert load_section(ModelParams, path).channels == (8, 16)
+    model = load_section(ModelParams, path)
+    assert model.config == CNNConfig(channels=(8, 16), convs=(1, 2), dropout=0.1)
 
 
 @pytest.mark.parametrize(
@@ -117,9 +130,13 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
         ("epochs: 3", "epohcs: 3", "unknown key train.epohcs"),
         ("lr: 0.001", "lr: -0.1", "train.lr: must be positive, got -0.1"),
         ("name: cnn", "name: resnet", "model.name: must be one of cnn, mlp, examples-cnn, got"),
-        ("convs: [1, 2]", "convs: [1]", "model.convs: must give a positive block count"),
-        ("channels: [8, 16]", "channels: []", "model.channels: must list 1 to 4 positive"),
-        ("dropout: 0.1", "dropout: 1.0", "model.dropout: must be in [0, 1), got 1.0"),
+        ("convs: [1, 2]", "convs: [1]", "model.cnn.convs: must give a positive block count"),
+        ("channels: [8, 16]", "channels: []", "model.cnn.channels: must list 1 to 4 positive"),
+        ("dropout: 0.1", "dropout: 1.0", "model.cnn.dropout: must be in [0, 1), got 1.0"),
+        ("hidden: [128]", "hidden: [0]", "model.mlp.hidden: must list positive layer sizes"),
+        ("  examples-cnn: {}\n", "", "missing key model.examples-cnn"),
+        ("    dropout: 0.0\n", "", "missing key model.mlp.dropout"),
+        ("examples-cnn: {}", "examples-cnn: {x: 1}", "unknown key model.examples-cnn.x; known"),
         ("optimizer: adam", "optimizer: lbfgs", "train.optimizer: must be one of sgd, adam"),
         ("schedule: cosine", "schedule: linear", "train.schedule: must be one of none"),
         ("step_gamma: 0.7", "step_gamma: 0.0", "train.step_gamma: must be in (0, 1], got 0.0"),
@@ -133,8 +150,8 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
 def test_bad_params_are_rejected_with_the_key(tmp_path, old, new, message):
     assert old in VALID
     path = write(tmp_path, VALID.replace(old, new))
-    with pytest.raises(ParamsError) as error:
-        for cls in SECTIONS.values():
+    with pytest.raises(PipelineError) as error:
+        for cls in SECTIONS:
             load_section(cls, path)
     assert str(error.value).startswith(f"{path}: ")
     assert message in str(error.value)
@@ -153,52 +170,14 @@ def test_bad_params_are_rejected_with_the_key(tmp_path, old, new, message):
     ],
 )
 def test_bad_files_are_rejected(tmp_path, text, message):
-    with pytest.raises(ParamsError, match=re.escape(message)):
+    with pytest.raises(PipelineError, match=re.escape(message)):
         load_seed(write(tmp_path, text))
 
 
 def test_missing_section_and_file(tmp_path):
     path = write(tmp_path, "seed: 1\ndata:\n  dataset: mnist\n")
-    with pytest.raises(ParamsError, match="missing section 'preprocess'"):
+    with pytest.raises(PipelineError, match="missing section 'preprocess'"):
         load_section(PreprocessParams, path)
     assert load_section(DataParams, path).dataset == "mnist"
-    with pytest.raises(ParamsError, match=r"absent.yaml: file not found"):
+    with pytest.raises(PipelineError, match=r"absent.yaml: file not found"):
         load_seed(tmp_path / "absent.yaml")
-
-
-def test_no_preset_gives_the_sections_as_written(tmp_path):
-    path = write(tmp_path, VALID)
-    model, train = load_training(path)
-    assert (model, train) == (load_section(ModelParams, path), load_section(TrainParams, path))
-
-
-def test_a_preset_replaces_only_the_keys_it_lists(tmp_path):
-    path = write(tmp_path, VALID.replace("preset: none", "preset: quick"))
-    model, train = load_training(path)
-    written = load_section(TrainParams, path)
-    assert model.channels == (4, 8) and model.dropout == 0.0
-    assert model.convs == (1, 2) and model.hidden == (128,)  # as written
-    assert (train.epochs, train.optimizer, train.lr) == (1, "sgd", 0.4)
-    assert train.batch_size == written.batch_size == 64
-    assert train.preset == "quick"
-
-
-@pytest.mark.parametrize(
-    "old, new, message",
-    [
-        ("preset: quick", "preset: slow", "unknown preset 'slow'; known: none, quick"),
-        ("lr: 0.4}", "lr: -1}", "train.lr: must be positive, got -1.0 (preset 'quick')"),
-        ("lr: 0.4}", "lr: 0.4, lr_typo: 1}", "unknown key train.lr_typo"),
-        ("model: {channels", "evaluate: {channels", "presets.quick: must map model and/or"),
-        ("lr: 0.4}", "preset: none}", "presets.quick.train.preset: a preset cannot name one"),
-        ("preset: quick", "preset: [quick]", "train.preset: expected str, got ['quick']"),
-    ],
-)
-def test_bad_presets_are_rejected(tmp_path, old, new, message):
-    text = VALID.replace("preset: none", "preset: quick")
-    assert old in text
-    text = text.replace(old, new)
-    with pytest.raises(ParamsError) as error:
-        load_training(write(tmp_path, text))
-    assert message in str(error.value)
-    assert "\n" not in str(error.value)

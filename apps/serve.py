@@ -1,6 +1,6 @@
 """Serve the trained model: a page to draw a digit, and an HTTP API for programs.
 
-    python -m stages.serve [--port N] [--host ADDRESS] [--model FILE] [--metrics FILE]
+    python -m apps.serve [--port N] [--host ADDRESS] [--model FILE] [--metrics FILE]
 
 Loads the checkpoint once and listens on 127.0.0.1:8000 by default (params `serve`). Open
 http://127.0.0.1:8000/ to draw; `POST /api/predict` with a multipart field `file`; `GET
@@ -10,7 +10,6 @@ http://127.0.0.1:8000/ to draw; `POST /api/predict` with a multipart field `file
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import socket
@@ -19,13 +18,13 @@ from typing import Any
 
 import uvicorn
 
+from apps.predict import DEFAULT_MODEL
+from apps.webapp import create_app
+from mnistpipe.checkpoints import Checkpoint, load_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import sha256_file
-from mnistpipe.models import Checkpoint, load_checkpoint
 from mnistpipe.params import PARAMS_FILE, ServeParams, load_section
-from mnistpipe.webapp import create_app
-from stages.predict import DEFAULT_MODEL
 
 log = logging.getLogger("serve")
 DEFAULT_METRICS = Path("metrics/metrics.json")
@@ -39,11 +38,13 @@ def health(model_path: Path, checkpoint: Checkpoint, metrics_path: Path) -> dict
             test_metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise PipelineError(f"{metrics_path}: not valid JSON ({exc})") from None
+    name = checkpoint.model_name
     return {
         "model": str(model_path),
         "sha256": sha256_file(model_path),
         "dataset": checkpoint.dataset,
-        "config": checkpoint.config.to_mapping(),
+        # as params.yaml's `model` section writes it, with the one model it names
+        "config": {"name": name, name: checkpoint.model_config.to_mapping()},
         "epoch": checkpoint.epoch,
         "val_accuracy": checkpoint.val_accuracy,
         "metrics_file": str(metrics_path) if test_metrics is not None else None,
@@ -52,7 +53,7 @@ def health(model_path: Path, checkpoint: Checkpoint, metrics_path: Path) -> dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m apps.serve", description=__doc__)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to serve")
     parser.add_argument(
         "--metrics",
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_section(ServeParams, args.params)
     overrides = {"host": args.host, "port": args.port}
-    params = dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
+    params = params.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     checkpoint = load_checkpoint(args.model)
     app = create_app(checkpoint, health(args.model, checkpoint, args.metrics), params)
     try:  # bound here, so a taken port is one clear line rather than uvicorn's exit

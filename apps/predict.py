@@ -1,4 +1,4 @@
-"""Classify your own digit images: `python -m stages.predict PATH... [--model FILE]`.
+"""Classify your own digit images: `python -m apps.predict PATH... [--model FILE]`.
 
 Each image (PNG, JPEG, BMP, GIF, TIFF; any size, grey or colour, with or without alpha) is
 turned into MNIST's format the way MNIST was made, then classified in batches. Folders are
@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from apps.imaging import ImageError, find_images, prepare
+from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.errors import PipelineError
-from mnistpipe.imaging import ImageError, find_images, prepare
-from mnistpipe.models import load_checkpoint, predict_probabilities
+from mnistpipe.models import predict_probabilities
 
-DEFAULT_MODEL = Path("models/model.pt")
+DEFAULT_MODEL = Path("models/model.pt")  # the train stage's output (dvc.yaml's model_file)
 
 
 def write_results(
@@ -50,7 +51,7 @@ def write_results(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m apps.predict", description=__doc__)
     parser.add_argument("paths", type=Path, nargs="+", help="image files or folders of them")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to use")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             failures += 1
     if images:
         model = checkpoint.build()
-        probabilities = predict_probabilities(model, checkpoint, np.stack(images), args.batch_size)
+        probabilities = predict_probabilities(model, np.stack(images), args.batch_size)
         write_results(good, probabilities, checkpoint.classes, args.format)
     if failures:
         print(f"predict: {failures} of {len(files)} files failed", file=sys.stderr)

@@ -1,0 +1,102 @@
+"""The checkpoint format that `train` writes and everything after it reads.
+
+A checkpoint describes itself: the model's name and config, the resolved training recipe, the
+dataset and its class names travel with the weights (whose first layer holds the
+normalization stats), so evaluation, the report and the apps rebuild the model from the file
+alone. It holds only tensors and plain Python values, so it loads with
+`torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnistpipe.errors import PipelineError
+from mnistpipe.files import write_bytes_atomic
+from mnistpipe.models import CNN, MODELS, build_model, fuse_batch_norm
+from mnistpipe.params import Config, section_from_mapping
+from mnistpipe.training import TrainParams
+
+CHECKPOINT_FORMAT = 2  # 2: normalization inside the model, recipe and per-model config
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model_name: str  # a key of MODELS
+    model_config: Config  # that model's config
+    recipe: TrainParams  # the train section it was trained with
+    state_dict: dict[str, torch.Tensor]
+    dataset: str
+    classes: tuple[str, ...]  # class index -> name
+    epoch: int  # the epoch whose weights these are: the best by validation accuracy
+    val_accuracy: float
+    device: str = "cpu"  # where it was trained
+    torch_version: str = str(torch.__version__)  # that trained it
+
+    def build(self) -> nn.Module:
+        """The model with these weights for inference: eval mode, on the CPU, batch norm fused
+        into the convs, channels-last like `models.to_unit`'s output."""
+        model = build_model(self.model_name, self.model_config)
+        model.load_state_dict(self.state_dict)
+        model.eval()
+        if isinstance(model, CNN):
+            model.features = fuse_batch_norm(model.features)
+        return model.to(memory_format=torch.channels_last)
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "model": {"name": checkpoint.model_name, "config": checkpoint.model_config.to_mapping()},
+        "recipe": checkpoint.recipe.to_mapping(),
+        "state_dict": checkpoint.state_dict,
+        "dataset": checkpoint.dataset,
+        "classes": list(checkpoint.classes),
+        "epoch": checkpoint.epoch,
+        "val_accuracy": checkpoint.val_accuracy,
+        "device": checkpoint.device,
+        "torch_version": checkpoint.torch_version,
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: checkpoint not found; run the train stage") from None
+    except Exception as exc:  # torch raises many types for a damaged file
+        reason = " ".join(str(exc).split())[:200]
+        raise PipelineError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise PipelineError(f"{path}: not a checkpoint of format {CHECKPOINT_FORMAT}")
+    try:
+        name = str(payload["model"]["name"])
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+        checkpoint = Checkpoint(
+            model_name=name,
+            model_config=MODELS[name].config.model_validate(payload["model"]["config"]),
+            recipe=section_from_mapping(TrainParams, payload["recipe"], path),
+            state_dict=payload["state_dict"],
+            dataset=str(payload["dataset"]),
+            classes=tuple(payload["classes"]),
+            epoch=int(payload["epoch"]),
+            val_accuracy=float(payload["val_accuracy"]),
+            device=str(payload["device"]),
+            torch_version=str(payload["torch_version"]),
+        )
+        checkpoint.build()
+    except (KeyError, TypeError, ValueError, RuntimeError, PipelineError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise PipelineError(f"{path}: inconsistent checkpoint ({reason})") from None
+    return checkpoint

@@ -1,0 +1,69 @@
+"""Test-set metrics of a model's logits: the numbers `evaluate` writes and the benchmark reads.
+
+Floats are rounded to 6 decimals, so the files a rerun writes are the same bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+
+def summary_metrics(labels: np.ndarray, logits: torch.Tensor) -> dict[str, float | int]:
+    """Accuracy, mean cross-entropy, macro precision/recall/F1 and the misclassified count."""
+    predicted = logits.argmax(1).numpy()
+    loss = F.cross_entropy(logits, torch.from_numpy(labels).long()).item()
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, predicted, average="macro", zero_division=0
+    )
+    return {
+        "accuracy": round(float(np.mean(predicted == labels)), 6),
+        "loss": round(loss, 6),
+        "precision_macro": round(float(precision), 6),
+        "recall_macro": round(float(recall), 6),
+        "f1_macro": round(float(f1), 6),
+        "misclassified": int(np.sum(predicted != labels)),
+        "test_images": len(labels),
+    }
+
+
+def confusion_table(labels: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]):
+    """10x10 counts: rows are the actual class, columns the predicted one."""
+    counts = confusion_matrix(labels, predicted, labels=range(len(classes)))
+    return pd.DataFrame(
+        counts,
+        index=pd.Index(classes, name="actual"),
+        columns=pd.Index(classes, name="predicted"),
+    )
+
+
+def per_class_table(
+    labels: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]
+) -> pd.DataFrame:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(len(classes)), zero_division=0
+    )
+    table = pd.DataFrame(
+        {"precision": precision, "recall": recall, "f1": f1, "support": support},
+        index=pd.Index(classes, name="class"),
+    )
+    return table.round(6)
+
+
+def misclassified_table(labels: np.ndarray, logits: torch.Tensor) -> pd.DataFrame:
+    """Test-set index, actual class and top-2 classes with probabilities of each error."""
+    top_probs, top_classes = torch.softmax(logits, 1).topk(2, dim=1)
+    wrong = np.flatnonzero(top_classes[:, 0].numpy() != labels)
+    return pd.DataFrame(
+        {
+            "index": wrong,
+            "actual": labels[wrong],
+            "predicted": top_classes[wrong, 0].numpy(),
+            "confidence": top_probs[wrong, 0].numpy().round(6),
+            "second": top_classes[wrong, 1].numpy(),
+            "second_confidence": top_probs[wrong, 1].numpy().round(6),
+        }
+    )
