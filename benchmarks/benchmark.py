@@ -1,7 +1,8 @@
 """Benchmark of the training recipes: accuracy, wall time, time to 99%, images/s, peak memory.
 
-The recipes are the project default (`train.preset: none`) and each preset of params.yaml,
-among them the reference recipes `seed-mlp` and `examples-cnn`. Each runs the real `train`
+The recipes are those of conf/recipe/ (`default` is conf/config.yaml's own model and train
+sections), among them the reference recipes `seed-mlp` and `examples-cnn`; each is composed
+into a params file as `dvc exp run -S recipe=NAME` would. Each runs the real `train`
 stage in its own process (so its wall time includes start-up and data loading, and its peak
 RSS is its own) on the processed data of `dvc repro`, then is scored on the test set here.
 Timings never go into DVC metrics: they land in the results files.
@@ -15,7 +16,6 @@ smoke test of the benchmark itself, whose numbers mean nothing else.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
@@ -30,18 +30,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from apps.imaging import to_mnist
 from benchmarks import load_test
 from mnistpipe import processed
-from mnistpipe.imaging import to_mnist
-from mnistpipe.models import Checkpoint, load_checkpoint, predict_logits
-from mnistpipe.params import NO_PRESET, PARAMS_FILE, PRESETS_KEY
-from stages.evaluate import summary_metrics
+from mnistpipe.checkpoints import load_checkpoint
+from mnistpipe.metrics import summary_metrics
+from mnistpipe.models import predict_logits
+from tools.compose_params import CONFIG_DIR, compose
 
-DEFAULT = "default"  # the recipe of params.yaml's own model and train sections
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = "default"  # the recipe of conf/config.yaml's own model and train sections
 REFERENCE = "examples-cnn"  # the ratios table compares the default with this recipe
 QUICK_SIZES = {"train": 4000, "val": 500, "test": 1000}
 
@@ -50,8 +51,11 @@ def machine() -> dict[str, str | int]:
     cpu = platform.processor() or "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]  # fmt: skip
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     return {
         "cpu": cpu,
@@ -63,15 +67,15 @@ def machine() -> dict[str, str | int]:
     }
 
 
-def recipe_params(base: dict, name: str, quick: bool) -> dict:
-    """params.yaml with `train.preset` set to the recipe (and one epoch when quick)."""
-    params = copy.deepcopy(base)
-    params["train"]["preset"] = NO_PRESET if name == DEFAULT else name
-    if quick:
-        params["train"]["epochs"] = 1
-        for preset in params.get(PRESETS_KEY, {}).values():
-            preset.setdefault("train", {})["epochs"] = 1
-    return params
+def recipes() -> list[str]:
+    """The recipes of conf/recipe/, the default first."""
+    names = sorted(path.stem for path in (REPO / CONFIG_DIR / "recipe").glob("*.yaml"))
+    return [DEFAULT, *(name for name in names if name != DEFAULT)]
+
+
+def recipe_params(name: str, quick: bool) -> str:
+    """params.yaml composed with the recipe (and one epoch when quick)."""
+    return compose(REPO, [f"recipe={name}", *(["train.epochs=1"] if quick else [])])
 
 
 def quick_data(data_dir: Path, out: Path) -> Path:
@@ -85,19 +89,24 @@ def quick_data(data_dir: Path, out: Path) -> Path:
     return out
 
 
-def run_train(params: dict, workdir: Path, data_dir: Path) -> tuple[float, float, Path, Path]:
-    """Run the train stage; return its wall seconds, peak RSS in MB, checkpoint and history."""
+def run_train(params: str, workdir: Path, data_dir: Path) -> tuple[float, float, Path, Path]:
+    """Run the train stage; return its wall seconds, peak RSS in MB, checkpoint and the
+    history with each epoch's seconds."""
     params_path, model, history = workdir / "params.yaml", workdir / "model.pt", workdir / "h.csv"
-    params_path.write_text(yaml.safe_dump(params))
-    command = [sys.executable, "-m", "stages.train", "--data", str(data_dir), "--model",
-               str(model), "--history", str(history), "--params", str(params_path)]  # fmt: skip
+    params_path.write_text(params)
+    command = [
+        *(sys.executable, "-m", "stages.train", "--data", data_dir, "--model", model),
+        *("--history", history, "--timings", workdir / "timings.csv", "--params", params_path),
+    ]
     started = time.perf_counter()
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(list(map(str, command)))
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"benchmark: train stage failed with exit code {child.returncode}")
+    timings = pd.read_csv(workdir / "timings.csv")
+    pd.read_csv(history).merge(timings, on="epoch").to_csv(history, index=False)
     return seconds, usage.ru_maxrss / 1024, model, history
 
 
@@ -108,12 +117,12 @@ def first_epoch_time(history: pd.DataFrame, accuracy: float) -> float | None:
 
 
 def timed_logits(
-    model: torch.nn.Module, checkpoint: Checkpoint, images: torch.Tensor, batch_size: int = 1000
+    model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000
 ) -> tuple[torch.Tensor, float]:
     """The logits of `images`, and the images/s of computing them after one warm-up batch."""
-    predict_logits(model, images[:batch_size], checkpoint.mean, checkpoint.std, batch_size)
+    predict_logits(model, images[:batch_size], batch_size)
     started = time.perf_counter()
-    logits = predict_logits(model, images, checkpoint.mean, checkpoint.std, batch_size)
+    logits = predict_logits(model, images, batch_size)
     return logits, len(images) / (time.perf_counter() - started)
 
 
@@ -131,25 +140,25 @@ def foreign_pages(count: int = 500, seed: int = 0) -> tuple[list[np.ndarray], np
     return pages, digits.target[:count]
 
 
-def foreign_accuracy(model: torch.nn.Module, checkpoint: Checkpoint) -> tuple[float, float]:
+def foreign_accuracy(model: torch.nn.Module) -> tuple[float, float]:
     """Accuracy on foreign digit pages with MNIST-style preprocessing, and with a plain resize."""
     pages, labels = foreign_pages()
     prepared = np.stack([to_mnist(page) for page in pages])
-    resized = np.stack([np.asarray(Image.fromarray(page.astype(np.uint8)).resize((28, 28)))
-                        for page in pages])  # fmt: skip
+    resized = np.stack(
+        [np.asarray(Image.fromarray(page.astype(np.uint8)).resize((28, 28))) for page in pages]
+    )
     accuracies = []
     for images in (prepared, resized):
-        logits = predict_logits(model, torch.from_numpy(images), checkpoint.mean,
-                                checkpoint.std, 1000)  # fmt: skip
+        logits = predict_logits(model, torch.from_numpy(images), 1000)
         accuracies.append(round(float((logits.argmax(1).numpy() == labels).mean()), 4))
     return accuracies[0], accuracies[1]
 
 
 def predict_latency(model_path: Path, workdir: Path, runs: int = 3) -> float:
-    """Median wall seconds of `python -m stages.predict` on one PNG, start-up included."""
+    """Median wall seconds of `python -m apps.predict` on one PNG, start-up included."""
     image = workdir / "digit.png"
     Image.fromarray(np.uint8(foreign_pages(1)[0][0])).save(image)
-    command = [sys.executable, "-m", "stages.predict", str(image), "--model", str(model_path)]
+    command = [sys.executable, "-m", "apps.predict", str(image), "--model", str(model_path)]
     seconds = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -158,19 +167,19 @@ def predict_latency(model_path: Path, workdir: Path, runs: int = 3) -> float:
     return round(statistics.median(seconds), 2)
 
 
-def benchmark(name: str, base: dict, data_dir: Path, quick: bool) -> dict:
+def benchmark(name: str, data_dir: Path, quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         workdir = Path(folder)
-        params = recipe_params(base, name, quick)
+        params = recipe_params(name, quick)
         seconds, rss_mb, model_path, history_path = run_train(params, workdir, data_dir)
         history = pd.read_csv(history_path)
         test = processed.load_split(data_dir, "test")
         images = torch.from_numpy(test.images)
         checkpoint = load_checkpoint(model_path)
         model = checkpoint.build()
-        logits, infer = timed_logits(model, checkpoint, images)
+        logits, infer = timed_logits(model, images)
         metrics = summary_metrics(test.labels.astype("int64"), logits)
-        foreign = (None, None) if quick else foreign_accuracy(model, checkpoint)
+        foreign = (None, None) if quick else foreign_accuracy(model)
         latency = predict_latency(model_path, workdir, runs=1 if quick else 3)
     train_images = processed.load_meta(data_dir).sizes["train"] * len(history)
     epochs_s = float(history["seconds"].sum())
@@ -219,8 +228,13 @@ def timed(command: list[str], cwd: Path) -> float:
     # The stages' `python` must be this environment's, as `make` and an activated venv give.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     started = time.perf_counter()
-    subprocess.run(command, cwd=cwd, check=True, capture_output=True, env={**os.environ,
-                   "PATH": path, "DVC_NO_ANALYTICS": "1"})  # fmt: skip
+    subprocess.run(
+        command,
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1"},
+    )
     return round(time.perf_counter() - started, 2)
 
 
@@ -242,8 +256,11 @@ def dvc_overhead(repo: Path) -> dict[str, float]:
         subprocess.run(["git", "checkout", "-q", "."], cwd=clone, check=True)
         subprocess.run([*dvc, "checkout", "-q"], cwd=clone, check=True)
         experiment = timed([*dvc, "exp", "run", "-S", "report.samples_shown=16"], clone)
-    return {"noop_repro_s": noop, "report_change_repro_s": repro,
-            "report_change_exp_run_s": experiment}  # fmt: skip
+    return {
+        "noop_repro_s": noop,
+        "report_change_repro_s": repro,
+        "report_change_exp_run_s": experiment,
+    }
 
 
 def serve_load(model: Path, data_dir: Path) -> dict:
@@ -270,7 +287,7 @@ def write_results(out: Path, results: dict) -> None:
         text += "Below 1 is better for error and times, above 1 for images/s.\n\n"
         text += pd.DataFrame(results["ratios"]).to_markdown(index=False) + "\n"
     if results["serve"]:
-        text += "\n## stages.serve on loopback\n\n"
+        text += "\n## apps.serve on loopback\n\n"
         text += pd.DataFrame([results["serve"]]).to_markdown(index=False) + "\n"
     if results["dvc"]:
         text += "\n## DVC, seconds\n\n" + pd.DataFrame([results["dvc"]]).to_markdown(index=False)
@@ -281,27 +298,26 @@ def write_results(out: Path, results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
-    parser.add_argument("--recipes", nargs="+", help="default and/or preset names (all)")
+    parser.add_argument("--recipes", nargs="+", help="names of conf/recipe/ (all)")
     parser.add_argument("--data", type=Path, default=Path("data/processed"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="one epoch on 4,000 images")
     parser.add_argument("--dvc", action="store_true", help="also time dvc repro and exp run")
-    parser.add_argument("--serve", action="store_true",
-                        help="also load-test stages.serve with models/model.pt")  # fmt: skip
+    parser.add_argument(
+        "--serve", action="store_true", help="also load-test apps.serve with models/model.pt"
+    )
     args = parser.parse_args()
-    base = yaml.safe_load(args.params.read_text())
-    known = [DEFAULT, *base.get(PRESETS_KEY, {})]
-    recipes = args.recipes or known
-    unknown = [name for name in recipes if name not in known]
+    known = recipes()
+    chosen = args.recipes or known
+    unknown = [name for name in chosen if name not in known]
     if unknown:
         parser.error(f"unknown recipe {unknown[0]!r}; known: {', '.join(known)}")
     with tempfile.TemporaryDirectory(prefix="bench-data-") as folder:
         data = quick_data(args.data, Path(folder)) if args.quick else args.data
         rows = []
-        for name in recipes:
+        for name in chosen:
             print(f"benchmark: recipe {name}", file=sys.stderr)
-            rows.append(benchmark(name, base, data, args.quick))
+            rows.append(benchmark(name, data, args.quick))
             print(json.dumps(rows[-1]), file=sys.stderr)
     dvc_times = None
     if args.dvc:
@@ -309,10 +325,16 @@ def main() -> None:
         dvc_times = dvc_overhead(Path.cwd())
     serve = None
     if args.serve:
-        print("benchmark: 200 requests from 8 clients to stages.serve", file=sys.stderr)
+        print("benchmark: 200 requests from 8 clients to apps.serve", file=sys.stderr)
         serve = serve_load(Path("models/model.pt"), args.data)
-    results = {"machine": machine(), "quick": args.quick, "runs": rows, "ratios": ratios(rows),
-               "dvc": dvc_times, "serve": serve}  # fmt: skip
+    results = {
+        "machine": machine(),
+        "quick": args.quick,
+        "runs": rows,
+        "ratios": ratios(rows),
+        "dvc": dvc_times,
+        "serve": serve,
+    }
     write_results(args.out, results)
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.load_test [--url http://127.0.0.1:8000] [--requests 200] [--clients 8]
 
-Without `--url` it starts `python -m stages.serve` for `--model` on a free port itself.
+Without `--url` it starts `python -m apps.serve` for `--model` on a free port itself.
 `python -m benchmarks.benchmark --serve` runs it and records p50/p95 in the results.
 
 Sends MNIST test digits (drawn dark on a light page, as a person's photo would be) to
@@ -33,11 +33,12 @@ import httpx2
 import numpy as np
 from PIL import Image
 
+from apps.imaging import prepare_bytes
 from mnistpipe import processed
-from mnistpipe.imaging import prepare_bytes
-from mnistpipe.models import load_checkpoint, predict_probabilities
+from mnistpipe.checkpoints import load_checkpoint
+from mnistpipe.models import predict_probabilities
 
-REPO = Path(__file__).resolve().parents[1]  # where `python -m stages.serve` runs
+REPO = Path(__file__).resolve().parents[1]  # where `python -m apps.serve` runs
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,13 @@ def page_png(digit: np.ndarray) -> bytes:
 
 
 def run_load(
-    url: str, payloads: list[bytes], expected: list[str], requests: int = 200,
-    clients: int = 8, timeout_s: float = 30.0,
-) -> LoadResult:  # fmt: skip
+    url: str,
+    payloads: list[bytes],
+    expected: list[str],
+    requests: int = 200,
+    clients: int = 8,
+    timeout_s: float = 30.0,
+) -> LoadResult:
     """Send `requests` uploads (cycling through `payloads`) from `clients` threads."""
 
     def one(index: int, client: httpx2.Client) -> tuple[float, bool, bool]:
@@ -89,12 +94,14 @@ def run_load(
     elapsed = time.perf_counter() - started
     latencies = sorted(seconds * 1000 for seconds, _, _ in outcomes)
     return LoadResult(
-        requests=requests, clients=clients,
-        correct=sum(ok for _, ok, _ in outcomes), failed=sum(bad for _, _, bad in outcomes),
+        requests=requests,
+        clients=clients,
+        correct=sum(ok for _, ok, _ in outcomes),
+        failed=sum(bad for _, _, bad in outcomes),
         p50_ms=round(statistics.median(latencies), 1),
         p95_ms=round(latencies[int(0.95 * (len(latencies) - 1))], 1),
         requests_per_s=round(requests / elapsed, 1),
-    )  # fmt: skip
+    )
 
 
 def free_port() -> int:
@@ -105,10 +112,18 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(model: Path, *extra: str, timeout_s: float = 60) -> Iterator[str]:
-    """`python -m stages.serve` on a free loopback port, until the block ends; yields its URL."""
+    """`python -m apps.serve` on a free loopback port, until the block ends; yields its URL."""
     port = free_port()
-    command = [sys.executable, "-m", "stages.serve", "--model", str(model), "--port", str(port),
-               *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "apps.serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        *extra,
+    ]
     # The log is a file, not a pipe: a full pipe would block the server.
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(command, cwd=REPO, stderr=log, text=True)
@@ -139,7 +154,7 @@ def expected_digits(model_path: Path, payloads: list[bytes]) -> list[str]:
     """What the predict command's code says for each payload, computed in this process."""
     checkpoint = load_checkpoint(model_path)
     images = np.stack([prepare_bytes(body, "payload") for body in payloads])
-    probabilities = predict_probabilities(checkpoint.build(), checkpoint, images)
+    probabilities = predict_probabilities(checkpoint.build(), images)
     return [checkpoint.classes[int(i)] for i in probabilities.argmax(1)]
 
 

@@ -86,14 +86,15 @@ def figures_of_run(
         "confusion_matrix.png": figures.confusion_heatmap(run.confusion),
         "training_curves.png": figures.training_curves(run.history),
         "misclassified.png": figures.digit_grid(
-            test.images[wrong["index"].to_numpy()], wrong_captions,
+            test.images[wrong["index"].to_numpy()],
+            wrong_captions,
             "Misclassified test digits: actual → predicted (confidence)",
         ),
         "samples.png": figures.digit_grid(
             samples.numpy(), sample_captions, "Sample test predictions (confidence)"
         ),
         "class_distribution.png": figures.class_distribution(run.class_counts),
-    }  # fmt: skip
+    }
 
 
 def report_markdown(
@@ -113,8 +114,9 @@ def report_markdown(
         "",
         "## Test metrics",
         "",
-        pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
-        .to_markdown(index=False),
+        pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())}).to_markdown(
+            index=False
+        ),
         "",
         "## Per class",
         "",
@@ -150,7 +152,7 @@ def report_markdown(
         "```yaml",
         yaml.safe_dump(run_params, sort_keys=False).strip(),
         "```",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines) + "\n"
 
 

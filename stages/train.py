@@ -49,9 +49,14 @@ def history_csv(rows: list[EpochStats]) -> str:
 
 
 def train(
-    data_dir: Path, model_params: ModelParams, params: TrainParams, seed: int, history: Path
+    data_dir: Path,
+    model_params: ModelParams,
+    params: TrainParams,
+    seed: int,
+    history: Path,
+    timings: Path | None = None,
 ) -> Checkpoint:
-    """Train on `data_dir`, rewriting the history CSV after every epoch."""
+    """Train on `data_dir`, rewriting the history CSV (and the timings) after every epoch."""
     make_deterministic(seed, params.threads)
     device = select_device(params.device)
     meta = processed.load_meta(data_dir)
@@ -71,6 +76,11 @@ def train(
     def record(stats: EpochStats) -> None:
         rows.append(stats)
         write_text_atomic(history, history_csv(rows))
+        if timings is not None:
+            seconds = pd.DataFrame(
+                {"epoch": [r.epoch for r in rows], "seconds": [r.seconds for r in rows]}
+            )
+            write_text_atomic(timings, seconds.to_csv(index=False, float_format="%.3f"))
         log.info(
             "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f s",
             stats.epoch,
@@ -101,13 +111,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="processed-data folder")
     parser.add_argument("--model", type=Path, required=True, help="checkpoint to write")
     parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV to write")
+    parser.add_argument(
+        "--timings",
+        type=Path,
+        help="also write each epoch's wall seconds here (for the benchmark: never a DVC"
+        " output, since timings differ run to run)",
+    )
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
     seed = load_seed(args.params)
     model_params = load_section(ModelParams, args.params)
     params = load_section(TrainParams, args.params)
 
-    checkpoint = train(args.data, model_params, params, seed, args.history)
+    checkpoint = train(args.data, model_params, params, seed, args.history, args.timings)
     save_checkpoint(args.model, checkpoint)
     log.info(
         "saved %s from epoch %d (val accuracy %.4f)",

@@ -124,14 +124,25 @@ def repo_copy(tmp_path: Path) -> Path:
     return copy_repo(tmp_path / "clone")
 
 
-# A small but real run: 5,000 training images, 1 epoch. Replaced in params.yaml's text, so
-# that its comments stay.
+# A small but real run: 5,000 training images, 1 epoch. Replaced in conf/config.yaml's text
+# (params.yaml is composed from it, by `dvc exp run` too), so that its comments stay.
 TINY_PARAMS = {
     "  subset: 0  #": "  subset: 5000  #",
     "  val_size: 5000  #": "  val_size: 500  #",
     "  epochs: 6\n": "  epochs: 1\n",
     "  batch_size: 128\n": "  batch_size: 64\n",
 }
+
+
+def edit_config(repo: Path, replacements: dict[str, str]) -> None:
+    """Replace text in the repository's conf/config.yaml, then compose params.yaml from it."""
+    config = repo / "conf" / "config.yaml"
+    text = config.read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    config.write_text(text)
+    run([os.sys.executable, "-m", "tools.compose_params"], repo)
 
 
 @pytest.fixture(scope="session")
@@ -141,12 +152,7 @@ def pipeline_baseline(tmp_path_factory: pytest.TempPathFactory):
     Returns the repository and the output of that first run (download included).
     """
     repo = copy_repo(tmp_path_factory.mktemp("baseline") / "repo")
-    params = repo / "params.yaml"
-    text = params.read_text()
-    for old, new in TINY_PARAMS.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    params.write_text(text)
+    edit_config(repo, TINY_PARAMS)
     first = run(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny run"], repo)

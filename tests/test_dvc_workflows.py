@@ -12,11 +12,14 @@ import subprocess
 import time
 
 import pandas as pd
+import pytest
 
 from mnistpipe import processed
+from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.datasets import DATASETS
-from mnistpipe.models import load_checkpoint
-from tests.conftest import run
+from tests.conftest import edit_config, run
+
+pytestmark = pytest.mark.slow  # the real dvc CLI on a real (tiny) run, download included
 
 STAGES = ("download", "preprocess", "train", "evaluate", "report")
 
@@ -94,6 +97,29 @@ def test_train_params_rerun_train_onwards_and_show_in_the_diffs(pipeline_repo):
     assert set(diff["data"]["Accuracy"][0]["revisions"]) == {"HEAD", "workspace"}
 
 
+def test_a_recipe_is_one_flag_and_dvc_shows_what_it_trained(pipeline_repo):
+    edit_config(pipeline_repo, {"  epochs: 1\n": "  epochs: 2\n"})  # the fast recipe has 1
+    run(["git", "commit", "-qam", "two epochs"], pipeline_repo)
+    experiment = run(["dvc", "exp", "run", "-S", "recipe=fast", "-n", "fast"], pipeline_repo)
+    assert ran(experiment) == {"train", "evaluate", "report"}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], pipeline_repo).stdout)
+    runs = {
+        exp["name"]: exp["revs"][0]["data"]
+        for commit in shown
+        for exp in commit.get("experiments") or []
+    }
+    train = runs["fast"]["params"]["params.yaml"]["data"]["train"]
+    model = runs["fast"]["params"]["params.yaml"]["data"]["model"]
+    assert (train["epochs"], train["lr"], train["augment_rotate"]) == (1, 0.4, 0.0)
+    assert model["cnn"]["channels"] == [8, 32, 64]
+    diff = json.loads(run(["dvc", "params", "diff", "--json"], pipeline_repo).stdout)
+    assert diff["params.yaml"]["train.epochs"] == {"old": 2, "new": 1, "diff": -1}
+    assert diff["params.yaml"]["train.lr"]["new"] == 0.4
+    checkpoint = load_checkpoint(pipeline_repo / "models" / "model.pt")
+    assert (checkpoint.recipe.epochs, checkpoint.recipe.lr) == (1, 0.4)
+    assert "lr: 0.4" in (pipeline_repo / "reports" / "report.md").read_text()
+
+
 def test_a_report_param_reruns_only_report(pipeline_repo):
     experiment = run(["dvc", "exp", "run", "-S", "report.samples_shown=8"], pipeline_repo)
     assert ran(experiment) == {"report"}
@@ -132,8 +158,10 @@ def test_a_local_remote_round_trip_restores_everything_without_rerunning(pipelin
 
 
 def test_a_queued_grid_runs_and_the_best_experiment_can_be_applied(pipeline_repo):
-    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.001,0.003",
-         "-S", "model.name=cnn,mlp"], pipeline_repo)  # fmt: skip
+    run(
+        ["dvc", "exp", "run", "--queue", "-S", "train.lr=0.001,0.003", "-S", "model.name=cnn,mlp"],
+        pipeline_repo,
+    )
     run(["dvc", "queue", "start", "-j", "2"], pipeline_repo)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -148,8 +176,11 @@ def test_a_queued_grid_runs_and_the_best_experiment_can_be_applied(pipeline_repo
     grid = table[table["Experiment"].notna() & table["train.lr"].isin([0.001, 0.003])]
     assert len(grid) == 4, table[["Experiment", "train.lr", "model.name"]]
     assert set(zip(grid["train.lr"], grid["model.name"], strict=True)) == {
-        (0.001, "cnn"), (0.003, "cnn"), (0.001, "mlp"), (0.003, "mlp")
-    }  # fmt: skip
+        (0.001, "cnn"),
+        (0.003, "cnn"),
+        (0.001, "mlp"),
+        (0.003, "mlp"),
+    }
     best = grid.sort_values("accuracy", ascending=False).iloc[0]
     run(["dvc", "exp", "apply", best["Experiment"]], pipeline_repo)
     metrics = json.loads((pipeline_repo / "metrics" / "metrics.json").read_text())
@@ -157,13 +188,12 @@ def test_a_queued_grid_runs_and_the_best_experiment_can_be_applied(pipeline_repo
     params = (pipeline_repo / "params.yaml").read_text()
     assert f"name: {best['model.name']}" in params and f"lr: {best['train.lr']}" in params
     checkpoint = load_checkpoint(pipeline_repo / "models" / "model.pt")
-    assert checkpoint.config.name == best["model.name"]
+    assert checkpoint.model_name == best["model.name"]
 
 
 def test_a_failing_stage_is_one_line_under_dvc_and_leaves_dvc_lock_alone(pipeline_repo):
     lock = (pipeline_repo / "dvc.lock").read_bytes()
-    params = pipeline_repo / "params.yaml"
-    params.write_text(params.read_text().replace("  val_size: 500  #", "  val_size: 4999  #"))
+    edit_config(pipeline_repo, {"  val_size: 500  #": "  val_size: 4999  #"})
     result = run(["dvc", "repro"], pipeline_repo, check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr

@@ -73,9 +73,13 @@ def test_per_class_recall_is_the_confusion_diagonal_over_row_sums():
 
 def test_misclassified_rows_hold_the_top_two_classes():
     labels = np.array([0, 1, 2])
-    logits = torch.tensor([[5.0, 1, 0, 0, 0, 0, 0, 0, 0, 0],  # right
-                           [0.0, 0, 0, 3, 2, 0, 0, 0, 0, 0],  # wrong: 3, then 4
-                           [0.0, 0, 1, 0, 0, 0, 0, 0, 0, 4]])  # fmt: skip
+    logits = torch.tensor(
+        [
+            [5.0, 1, 0, 0, 0, 0, 0, 0, 0, 0],  # right
+            [0.0, 0, 0, 3, 2, 0, 0, 0, 0, 0],  # wrong: 3, then 4
+            [0.0, 0, 1, 0, 0, 0, 0, 0, 0, 4],
+        ]
+    )
     table = misclassified_table(labels, logits)
     assert table["index"].tolist() == [1, 2]
     assert table["predicted"].tolist() == [3, 9] and table["second"].tolist() == [4, 2]

@@ -65,8 +65,20 @@ def test_examples_cnn_is_the_published_net():
     assert sum(p.numel() for p in model.parameters()) == 1_199_882  # pytorch/examples' Net
     layers = [type(layer).__name__ for layer in model.modules() if not list(layer.children())]
     # Normalize does what the published script does as a transform, Normalize((0.1307,), ...)
-    assert layers == ["Normalize", "Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Dropout", "Flatten",
-                      "Linear", "ReLU", "Dropout", "Linear"]  # fmt: skip
+    assert layers == [
+        "Normalize",
+        "Conv2d",
+        "ReLU",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Dropout",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Dropout",
+        "Linear",
+    ]
     dropouts = [layer.p for layer in model.modules() if isinstance(layer, torch.nn.Dropout)]
     assert dropouts == [0.25, 0.5]
 

@@ -1,7 +1,5 @@
 import re
-import tempfile
 import textwrap
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError

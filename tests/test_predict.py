@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistpipe.imaging import ImageError, centre_by_mass, load_grey, prepare, to_mnist
-from mnistpipe.models import Checkpoint, build_model, predict_logits, save_checkpoint
-from mnistpipe.params import ModelParams
-from tests.conftest import REPO
+from apps.imaging import ImageError, centre_by_mass, load_grey, prepare, to_mnist
+from mnistpipe.checkpoints import Checkpoint, save_checkpoint
+from mnistpipe.models import build_model, predict_logits
+from tests.conftest import RECIPE, REPO, SMALL_CNN
 
 
 def block_on_paper(alpha=False):
@@ -78,8 +78,12 @@ def test_unreadable_files_are_named_errors(tmp_path):
     good = tmp_path / "cut.png"
     block_on_paper().save(good)
     (tmp_path / "truncated.png").write_bytes(good.read_bytes()[:200])
-    cases = [("empty.png", "not an image file"), ("text.png", "not an image file"),
-             ("truncated.png", "unreadable image"), ("absent.png", "no such file")]  # fmt: skip
+    cases = [
+        ("empty.png", "not an image file"),
+        ("text.png", "not an image file"),
+        ("truncated.png", "unreadable image"),
+        ("absent.png", "no such file"),
+    ]
     for name, message in cases:
         with pytest.raises(ImageError, match=f"{name}: {message}"):
             load_grey(tmp_path / name)
@@ -96,17 +100,17 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, side):
 @pytest.fixture
 def checkpoint_file(tmp_path):
     torch.manual_seed(0)
-    config = ModelParams(name="cnn", channels=(4, 8), convs=(1, 1), hidden=(), dropout=0.0)
-    model = build_model(config)
-    checkpoint = Checkpoint(config, model.state_dict(), 0.13, 0.31, "mnist",
-                            tuple("0123456789"), 1, 0.5)  # fmt: skip
+    model = build_model("cnn", SMALL_CNN, mean=0.13, std=0.31)
+    checkpoint = Checkpoint(
+        "cnn", SMALL_CNN, RECIPE, model.state_dict(), "mnist", tuple("0123456789"), 1, 0.5
+    )
     path = tmp_path / "model.pt"
     save_checkpoint(path, checkpoint)
     return path, checkpoint
 
 
 def predict(*args):
-    command = [sys.executable, "-m", "stages.predict", *map(str, args)]
+    command = [sys.executable, "-m", "apps.predict", *map(str, args)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
 
 
@@ -119,7 +123,7 @@ def test_predict_round_trips_mnist_images_saved_as_png(tmp_path, checkpoint_file
     folder.mkdir(parents=True)
     for index, image in enumerate(images):
         Image.fromarray(image).save(folder / f"{index:03d}.png")
-    logits = predict_logits(checkpoint.build(), torch.from_numpy(images), 0.13, 0.31, 1000)
+    logits = predict_logits(checkpoint.build(), torch.from_numpy(images), 1000)
     result = predict(tmp_path / "pngs", "--model", model_path, "--format", "csv")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
@@ -134,11 +138,14 @@ def test_predict_json_and_table_formats(tmp_path, checkpoint_file):
     model_path, _ = checkpoint_file
     block_on_paper().save(tmp_path / "a.png")
     block_on_paper(alpha=True).save(tmp_path / "b.gif")
-    result = predict(tmp_path / "a.png", tmp_path / "b.gif", "--model", model_path,
-                     "--format", "json")  # fmt: skip
+    result = predict(
+        tmp_path / "a.png", tmp_path / "b.gif", "--model", model_path, "--format", "json"
+    )
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [record["path"] for record in records] == [str(tmp_path / "a.png"),
-                                                      str(tmp_path / "b.gif")]  # fmt: skip
+    assert [record["path"] for record in records] == [
+        str(tmp_path / "a.png"),
+        str(tmp_path / "b.gif"),
+    ]
     for record in records:
         assert set(record["probabilities"]) == set("0123456789")
         assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)

@@ -4,40 +4,66 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from stages.report import confused_pairs
 from tests.conftest import REPO
 from tests.test_stages import params_file, run_chain
 
-FIGURES = ("confusion_matrix.png", "training_curves.png", "misclassified.png", "samples.png",
-           "class_distribution.png")  # fmt: skip
+FIGURES = (
+    "confusion_matrix.png",
+    "training_curves.png",
+    "misclassified.png",
+    "samples.png",
+    "class_distribution.png",
+)
 
 
 def test_confused_pairs_skip_the_diagonal_and_sort_by_count():
-    confusion = pd.DataFrame([[5, 2, 0], [3, 7, 3], [0, 1, 9]], index=list("abc"),
-                             columns=list("abc"))  # fmt: skip
+    confusion = pd.DataFrame(
+        [[5, 2, 0], [3, 7, 3], [0, 1, 9]], index=list("abc"), columns=list("abc")
+    )
     pairs = confused_pairs(confusion, 3)
     assert list(pairs.itertuples(index=False, name=None)) == [
-        ("b", "a", 3), ("b", "c", 3), ("a", "b", 2)
-    ]  # fmt: skip
+        ("b", "a", 3),
+        ("b", "c", 3),
+        ("a", "b", 2),
+    ]
 
 
 def report(tmp_path, out, chain, params):
     metrics = tmp_path / "metrics"
     metrics.mkdir(exist_ok=True)
-    names = {"metrics": "metrics.json", "confusion": "confusion_matrix.csv",
-             "per-class": "per_class.csv", "misclassified": "misclassified.csv"}  # fmt: skip
+    names = {
+        "metrics": "metrics.json",
+        "confusion": "confusion_matrix.csv",
+        "per-class": "per_class.csv",
+        "misclassified": "misclassified.csv",
+    }
     for name, path in chain[1].items():
         if name in names:
             (metrics / names[name]).write_bytes(path.read_bytes())
     (metrics / "history.csv").write_bytes((chain[0] / "history.csv").read_bytes())
     (metrics / "class_counts.csv").write_bytes((chain[0] / "counts.csv").read_bytes())
-    command = [sys.executable, "-m", "stages.report", "--metrics", metrics, "--data",
-               chain[0] / "processed", "--model", chain[0] / "model.pt", "--out", out,
-               "--params", params]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stages.report",
+        "--metrics",
+        metrics,
+        "--data",
+        chain[0] / "processed",
+        "--model",
+        chain[0] / "model.pt",
+        "--out",
+        out,
+        "--params",
+        params,
+    ]
     return subprocess.run(list(map(str, command)), cwd=REPO, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_report_has_every_figure_and_is_deterministic(tmp_path, raw_dir):
     params = params_file(tmp_path, raw_dir)
     chain = run_chain(tmp_path, raw_dir, params, "run")
@@ -53,8 +79,13 @@ def test_report_has_every_figure_and_is_deterministic(tmp_path, raw_dir):
     markdown = outputs[0]["report.md"].decode()
     for figure in FIGURES:
         assert f"]({figure})" in markdown
-    for heading in ("## Test metrics", "## Per class", "## Most confused pairs",
-                    "## Params of the run", "Weakest classes by F1"):  # fmt: skip
+    for heading in (
+        "## Test metrics",
+        "## Per class",
+        "## Most confused pairs",
+        "## Params of the run",
+        "Weakest classes by F1",
+    ):
         assert heading in markdown
     assert "Images: 160 train, 40 validation, 50 test." in markdown
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx2
 import numpy as np
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from apps.webapp import create_app
 from benchmarks.load_test import (
     expected_digits,
     mnist_payloads,
@@ -27,32 +27,48 @@ from benchmarks.load_test import (
     running_server,
 )
 from mnistpipe import processed
-from mnistpipe.models import load_checkpoint
+from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.params import ServeParams
-from mnistpipe.webapp import create_app
 from tests.conftest import REPO, run
+from tools.compose_params import compose
 
 CHROMIUM = Path("/usr/bin/chromium")
-PARAMS = ServeParams(host="127.0.0.1", port=8000, max_upload_mb=0.25, max_batch=64,
-                     batch_wait_ms=50.0)  # fmt: skip
+PARAMS = ServeParams(
+    host="127.0.0.1", port=8000, max_upload_mb=0.25, max_batch=64, batch_wait_ms=50.0
+)
 
 
 @pytest.fixture(scope="session")
 def served(pipeline_baseline, tmp_path_factory):
-    """(checkpoint path, processed-data folder): the fast preset's CNN trained for 4 epochs
+    """(checkpoint path, processed-data folder): the fast recipe's CNN trained for 4 epochs
     with augmentation on the baseline's real MNIST subset (about 97% test accuracy)."""
     repo, _ = pipeline_baseline
     folder = tmp_path_factory.mktemp("served")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["preset"] = "fast"
-    params["presets"]["fast"]["train"].update(
-        epochs=4, augment_rotate=10.0, augment_shift=2.0, augment_scale=0.1
-    )
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    overrides = [
+        "recipe=fast",
+        "train.epochs=4",
+        "train.augment_rotate=10.0",
+        "train.augment_shift=2.0",
+        "train.augment_scale=0.1",
+    ]
+    (folder / "params.yaml").write_text(compose(REPO, overrides))
     model, data = folder / "model.pt", repo / "data" / "processed"
-    run([sys.executable, "-m", "stages.train", "--data", str(data), "--model", str(model),
-         "--history", str(folder / "history.csv"), "--params", str(folder / "params.yaml")],
-        REPO)  # fmt: skip
+    run(
+        [
+            sys.executable,
+            "-m",
+            "stages.train",
+            "--data",
+            str(data),
+            "--model",
+            str(model),
+            "--history",
+            str(folder / "history.csv"),
+            "--params",
+            str(folder / "params.yaml"),
+        ],
+        REPO,
+    )
     (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.97}))
     return model, data
 
@@ -78,6 +94,7 @@ def post(client, body: bytes, name: str = "digit.png"):
     return client.post("/api/predict", files={"file": (name, body, "image/png")})
 
 
+@pytest.mark.slow
 def test_a_digit_page_is_answered_as_the_predict_command_would(client, served):
     model, data = served
     payloads = mnist_payloads(data, count=20)
@@ -106,6 +123,7 @@ def test_a_digit_page_is_answered_as_the_predict_command_would(client, served):
         (lambda: os.urandom(400_000), 413, "is over the limit of 262,144"),  # by its header
     ],
 )
+@pytest.mark.slow
 def test_bad_uploads_get_their_status_and_one_message(client, make_body, status, message):
     response = post(client, make_body())
     assert response.status_code == status
@@ -113,6 +131,7 @@ def test_bad_uploads_get_their_status_and_one_message(client, make_body, status,
     assert "\n" not in response.json()["error"]
 
 
+@pytest.mark.slow
 def test_requests_without_a_file_field_are_refused(client):
     assert client.post("/api/predict", data={"text": "7"}).status_code == 400
     assert client.post("/api/predict", content=b"raw bytes").status_code == 400
@@ -120,6 +139,7 @@ def test_requests_without_a_file_field_are_refused(client):
     assert response.status_code == 400 and "field 'file'" in response.json()["error"]
 
 
+@pytest.mark.slow
 def test_a_file_name_is_never_used_as_a_path(client, served):
     model, data = served
     body = mnist_payloads(data, count=1)[0]
@@ -127,6 +147,7 @@ def test_a_file_name_is_never_used_as_a_path(client, served):
     assert answer["digit"] == expected_digits(model, [body])[0]
 
 
+@pytest.mark.slow
 def test_the_server_survives_bad_requests_and_batches_concurrent_ones(client, served):
     model, data = served
     for bad in (b"", b"junk", png(np.full((40, 40), 250))):
@@ -141,6 +162,7 @@ def test_the_server_survives_bad_requests_and_batches_concurrent_ones(client, se
     assert batching["batches"] < 16
 
 
+@pytest.mark.slow
 def test_the_page_and_its_files_are_served_without_a_cdn(client):
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text
@@ -152,12 +174,13 @@ def test_the_page_and_its_files_are_served_without_a_cdn(client):
 
 @pytest.fixture(scope="session")
 def server(served):
-    """The real `python -m stages.serve` on a free loopback port; yields its URL."""
+    """The real `python -m apps.serve` on a free loopback port; yields its URL."""
     model, _ = served
     with running_server(model, "--metrics", str(model.with_name("metrics.json"))) as url:
         yield url
 
 
+@pytest.mark.slow
 def test_healthz_reports_the_checkpoint_hash_and_metrics(server, served):
     model, _ = served
     health = httpx2.get(f"{server}/healthz").json()
@@ -165,11 +188,13 @@ def test_healthz_reports_the_checkpoint_hash_and_metrics(server, served):
     assert health["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert health["test_metrics"] == {"accuracy": 0.97}
     checkpoint = load_checkpoint(model)
-    assert health["config"] == checkpoint.config.to_mapping()
-    assert health["config"]["name"] == "cnn"
+    config = checkpoint.model_config.to_mapping()
+    assert health["config"] == {"name": "cnn", "cnn": config}
+    assert config["channels"] == [8, 32, 64]  # the fast recipe's
     assert (health["epoch"], health["val_accuracy"]) == (checkpoint.epoch, checkpoint.val_accuracy)
 
 
+@pytest.mark.slow
 def test_load_of_200_requests_from_8_clients_is_answered_correctly(server, served):
     model, data = served
     payloads = mnist_payloads(data, count=40)
@@ -178,8 +203,9 @@ def test_load_of_200_requests_from_8_clients_is_answered_correctly(server, serve
     assert 0 < result.p50_ms <= result.p95_ms
 
 
+@pytest.mark.slow
 def test_serve_errors_are_one_line(tmp_path, served):
-    command = [sys.executable, "-m", "stages.serve", "--model", str(tmp_path / "absent.pt")]
+    command = [sys.executable, "-m", "apps.serve", "--model", str(tmp_path / "absent.pt")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("serve: error: ")
@@ -188,8 +214,15 @@ def test_serve_errors_are_one_line(tmp_path, served):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        command = [sys.executable, "-m", "stages.serve", "--model", str(served[0]),
-                   "--port", str(port)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "apps.serve",
+            "--model",
+            str(served[0]),
+            "--port",
+            str(port),
+        ]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -206,11 +239,13 @@ def draw(page, strokes: list[list[tuple[float, float]]]) -> str:
             page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=8)
         page.mouse.up()
     # The answer shown is for the finished drawing, not one sent while it was drawn.
-    page.wait_for_function("(d => d.answered === d.drawn)(document.getElementById('pad').dataset)",
-                           timeout=10_000)  # fmt: skip
+    page.wait_for_function(
+        "(d => d.answered === d.drawn)(document.getElementById('pad').dataset)", timeout=10_000
+    )
     return page.locator("#digit").text_content()
 
 
+@pytest.mark.slow
 def test_the_page_in_chromium_draws_and_uploads(server, served, tmp_path):
     if not CHROMIUM.exists():
         if os.environ.get("REQUIRE_BROWSER"):
@@ -221,9 +256,15 @@ def test_the_page_in_chromium_draws_and_uploads(server, served, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page()
         page.goto(server)
         assert draw(page, [[(0.5, 0.15), (0.5, 0.85)]]) == "1"

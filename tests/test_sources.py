@@ -10,9 +10,9 @@ import pytest
 
 from mnistpipe import idx, sources
 from mnistpipe.datasets import DATASETS, IDX_FILES, TRAIN_IMAGES, TRAIN_LABELS
+from mnistpipe.errors import PipelineError
 from mnistpipe.files import md5_hex
 from mnistpipe.params import DownloadParams
-from mnistpipe.errors import PipelineError
 from mnistpipe.sources import (
     FolderSource,
     decode_mnist_pickle,

@@ -7,10 +7,11 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from mnistpipe import processed
-from mnistpipe.datasets import TRAIN_LABELS
 from mnistpipe.checkpoints import load_checkpoint
+from mnistpipe.datasets import TRAIN_LABELS
 from mnistpipe.params import load_section
 from mnistpipe.training import TrainParams
 from tests.conftest import REPO
@@ -193,6 +194,7 @@ def run_chain(tmp_path, raw_dir, params, run):
     return out, paths
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_are_reproducible_to_the_byte(tmp_path, raw_dir):
     params = params_file(tmp_path, raw_dir)
     first, paths = run_chain(tmp_path, raw_dir, params, "a")
@@ -218,6 +220,7 @@ def test_train_and_evaluate_are_reproducible_to_the_byte(tmp_path, raw_dir):
     assert len(pd.read_csv(paths["misclassified"])) == wrong
 
 
+@pytest.mark.slow
 def test_train_trains_the_named_model_and_records_its_recipe(tmp_path, raw_dir):
     changes = {
         "name: cnn": "name: mlp",
@@ -237,6 +240,7 @@ def test_train_trains_the_named_model_and_records_its_recipe(tmp_path, raw_dir):
     assert history["lr"].tolist() == [0.7]  # Adadelta 1.0, stepped by 0.7 after the epoch
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_missing_or_mismatched_checkpoint(tmp_path, raw_dir):
     params = params_file(tmp_path, raw_dir)
     out, paths = run_chain(tmp_path, raw_dir, params, "a")

@@ -12,8 +12,14 @@ WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
 
 
 def schema_check(path: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "check_jsonschema", "--builtin-schema",
-               "vendor.github-workflows", str(path)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "check_jsonschema",
+        "--builtin-schema",
+        "vendor.github-workflows",
+        str(path),
+    ]
     return subprocess.run(command, capture_output=True, text=True)
 
 
@@ -31,7 +37,7 @@ def test_schema_check_catches_a_broken_workflow(tmp_path):
 def test_workflow_runs_the_tests_the_check_and_the_pr_diffs():
     jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
     test_steps = " ".join(step.get("run", "") for step in jobs["test"]["steps"])
-    assert "make test" in test_steps and "mnistpipe.pipeline_check" in test_steps
+    assert "make test" in test_steps and "tools.pipeline_check" in test_steps
     assert jobs["pipeline"]["if"] == "github.event_name == 'pull_request'"
     pipeline_steps = " ".join(step.get("run", "") for step in jobs["pipeline"]["steps"])
     assert "make repro" in pipeline_steps

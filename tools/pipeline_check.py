@@ -1,23 +1,23 @@
 """The CI pipeline check: is what is committed the result of running what is committed?
 
-    python -m mnistpipe.pipeline_check [REPO]
+    python -m tools.pipeline_check [REPO]
 
-Fails (exit 1, one line per problem) when `dvc.yaml` is not valid, when a stage's code,
-command or params changed since `dvc.lock` was written (someone changed them without
-rerunning the pipeline and committing the result), or when a git-tracked output such as
-`metrics/metrics.json` does not match its hash in `dvc.lock`. Outputs that are merely absent,
-as in a fresh clone with an empty DVC cache, are fine.
+Fails (exit 1, one line per problem) when `dvc.yaml` is not valid, when params.yaml is not the
+composition of conf/, when a stage's code, command or params changed since `dvc.lock` was
+written (someone changed them without rerunning the pipeline and committing the result), or
+when an output such as `metrics/metrics.json` does not match its hash in `dvc.lock` (`dvc
+status` reports these). Outputs that are merely absent, as in a fresh clone with an empty
+DVC cache, are fine.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from tools.compose_params import compose
 
 ABSENT = ("deleted", "not in cache")  # states of outputs a fresh clone simply does not have
 
@@ -46,21 +46,15 @@ def status_problems(status: dict) -> list[str]:
     return problems
 
 
-def tracked_output_problems(repo: Path) -> list[str]:
-    """Git-tracked output files (not folders) whose bytes differ from their dvc.lock hash."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text(encoding="utf-8"))
-    problems = []
-    for stage, entry in lock.get("stages", {}).items():
-        for out in entry.get("outs", []):
-            path = repo / out["path"]
-            if not path.is_file() or out.get("md5", "").endswith(".dir"):
-                continue
-            tracked = subprocess.run(["git", "ls-files", "--error-unmatch", out["path"]],
-                                     cwd=repo, capture_output=True).returncode == 0  # fmt: skip
-            actual = hashlib.md5(path.read_bytes()).hexdigest()
-            if tracked and actual != out["md5"]:
-                problems.append(f"{stage}: {out['path']} does not match dvc.lock")
-    return problems
+def params_problems(repo: Path) -> list[str]:
+    """params.yaml must be the composition of conf/, as `dvc exp run` and `make repro` write it."""
+    try:
+        composed = compose(repo, [])
+    except Exception as exc:  # Hydra's errors: a missing file, bad YAML
+        return [f"conf/ does not compose: {' '.join(str(exc).split())}"]
+    if (repo / "params.yaml").read_text(encoding="utf-8") != composed:
+        return ["params.yaml is not composed from conf/: run make params (or make repro)"]
+    return []
 
 
 def check(repo: Path) -> list[str]:
@@ -74,7 +68,7 @@ def check(repo: Path) -> list[str]:
     status = dvc(repo, "status", "--json")
     if status.returncode != 0:
         return [f"dvc status failed: {status.stderr.strip()}"]
-    return status_problems(json.loads(status.stdout or "{}")) + tracked_output_problems(repo)
+    return params_problems(repo) + status_problems(json.loads(status.stdout or "{}"))
 
 
 def main() -> None:
@@ -83,8 +77,11 @@ def main() -> None:
     for problem in problems:
         print(f"pipeline check: {problem}", file=sys.stderr)
     if problems:
-        print("pipeline check: rerun the pipeline (make repro) and commit dvc.lock, metrics/ and "
-              "reports/", file=sys.stderr)  # fmt: skip
+        print(
+            "pipeline check: rerun the pipeline (make repro) and commit dvc.lock, metrics/ and "
+            "reports/",
+            file=sys.stderr,
+        )
         sys.exit(1)
     print("pipeline check: dvc.lock matches the code, params and committed outputs")
 

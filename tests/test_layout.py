@@ -1,0 +1,103 @@
+"""The layout's promises: each DVC stage depends on every file of the repository it imports,
+the core never imports the apps or the tools, and nothing imports a stage."""
+
+import ast
+import copy
+import re
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO
+
+CORE, APPS, TOOLS = "mnistpipe", "apps", "tools"
+
+
+def module_file(name: str) -> Path | None:
+    """The repository file of a dotted module name (a package's __init__.py), or None."""
+    path = REPO.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an `import` or `from ... import` names anywhere in the file (functions
+    included), with `from package import module` resolved to the module."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def import_closure(module: str) -> set[Path]:
+    """The repository files that running `python -m module` executes: the module, what it
+    imports inside the repository, recursively, and the packages' __init__.py on the way."""
+    seen: set[Path] = set()
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a, a.b, then a.b.c
+            path = module_file(".".join(parts[:depth]))
+            if path is not None and path not in seen:
+                seen.add(path)
+                pending += imported_modules(path)
+    return seen
+
+
+def uncovered(dvc_yaml: dict) -> list[str]:
+    """'stage: file' for each file a stage's command imports that none of its deps covers."""
+    problems = []
+    for stage, spec in dvc_yaml["stages"].items():
+        match = re.match(r"python -m ([\w.]+)", spec["cmd"])
+        assert match, f"{stage}: command does not run a module: {spec['cmd']}"
+        deps = [REPO / dep for dep in spec.get("deps", [])]
+        for path in sorted(import_closure(match.group(1))):
+            if not any(path == dep or dep in path.parents for dep in deps):
+                problems.append(f"{stage}: {path.relative_to(REPO)}")
+    return problems
+
+
+def test_every_stage_depends_on_all_the_code_it_runs():
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert uncovered(dvc_yaml) == []
+    # The check catches a missing dep: without the core package, every stage misses its files.
+    broken = copy.deepcopy(dvc_yaml)
+    broken["stages"]["evaluate"]["deps"].remove(CORE)
+    problems = uncovered(broken)
+    assert "evaluate: mnistpipe/checkpoints.py" in problems
+    assert all(problem.startswith("evaluate: mnistpipe/") for problem in problems)
+
+
+def test_the_closure_follows_imports_inside_functions_and_packages():
+    closure = {path.relative_to(REPO).as_posix() for path in import_closure("stages.download")}
+    assert {"stages/__init__.py", "stages/download.py", "mnistpipe/__init__.py"} <= closure
+    assert {"mnistpipe/sources.py", "mnistpipe/idx.py", "mnistpipe/params.py"} <= closure
+    assert not any(name.startswith(("apps/", "tools/", "tests/")) for name in closure)
+
+
+def test_stages_are_exactly_the_modules_dvc_runs():
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    commands = {
+        re.match(r"python -m stages\.(\w+)", spec["cmd"]).group(1)
+        for spec in dvc_yaml["stages"].values()
+    }
+    modules = {path.stem for path in (REPO / "stages").glob("*.py") if path.stem != "__init__"}
+    assert modules == commands
+
+
+def test_the_core_imports_neither_apps_nor_tools_and_nothing_imports_a_stage():
+    for package in (CORE, APPS, TOOLS, "stages", "benchmarks"):
+        for path in (REPO / package).rglob("*.py"):
+            imports = imported_modules(path)
+            assert not any(name.startswith("stages.") for name in imports), path
+            if package == CORE:
+                assert not any(name.startswith((f"{APPS}.", f"{TOOLS}.")) for name in imports), (
+                    path
+                )
