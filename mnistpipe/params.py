@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from mnistpipe.datasets import DATASETS
 from mnistpipe.errors import PipelineError
+from mnistpipe.numerics import MODES
 from mnistpipe.sources import SOURCES
 
 PARAMS_FILE = Path("params.yaml")
@@ -115,6 +116,7 @@ class EvaluateParams(Section):
     NAME: ClassVar[str] = "evaluate"
     batch_size: int = Field(ge=1)  # images per inference batch; does not change the results
     device: Device  # auto | cpu | cuda | cuda:N
+    numerics: Literal[tuple(MODES)]  # CPU numerics, as train.numerics
 
 
 ShownCount = Annotated[int, rule(lambda v: 1 <= v <= 100, "must be between 1 and 100")]

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from mnistpipe.errors import PipelineError
 from mnistpipe.models import predict_logits, to_unit
+from mnistpipe.numerics import MODES
 from mnistpipe.params import Device, Fraction, Section, rule
 
 Groups = list[dict]  # optimizer parameter groups
@@ -83,6 +84,8 @@ class TrainParams(Section):
     device: Device  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
     # CPU threads; 0 = all cores
     threads: Annotated[int, rule(lambda v: v >= 0, "must be 0 (all cores) or a positive count")]
+    # CPU numerics (numerics.py): portable (same bytes on any AVX2 CPU) | fast (oneDNN)
+    numerics: Literal[tuple(MODES)]
 
 
 @dataclass(frozen=True)

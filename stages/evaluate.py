@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mnistpipe import processed
+from mnistpipe import numerics, processed
 from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.errors import PipelineError
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
     params = load_section(EvaluateParams, args.params)
+    numerics.apply(params.numerics)
 
     checkpoint = load_checkpoint(args.model)
     meta = processed.load_meta(args.data)
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(args.metrics, json.dumps(metrics, indent=2) + "\n")
     write_text_atomic(args.confusion, confusion_table(labels, predicted, meta.classes).to_csv())
     write_text_atomic(args.per_class, per_class_table(labels, predicted, meta.classes).to_csv())
-    predictions = pd.DataFrame({"actual": labels, "predicted": predicted})
+    confidence = torch.softmax(logits, 1).max(1).values.numpy().round(6)
+    predictions = pd.DataFrame(
+        {"actual": labels, "predicted": predicted, "confidence": confidence}
+    )
     write_text_atomic(args.predictions, predictions.to_csv(index=False))
     write_text_atomic(args.misclassified, misclassified_table(labels, logits).to_csv(index=False))
     log.info("test accuracy %.4f, %d misclassified", metrics["accuracy"], metrics["misclassified"])

@@ -1,9 +1,9 @@
 """Stage `report`: reports/report.md and its figures, from the tracked outputs of the run.
 
-Reads only files that earlier stages wrote (metrics, history, per-class and misclassified
-CSVs, class counts, the checkpoint and the test images), so the same run always gives the same
-report. Reads params `report`; shows `seed`, `data` and `preprocess`, and the model and
-training recipe as the checkpoint records them.
+Reads only files that earlier stages wrote (metrics, history, per-class, prediction and
+misclassified CSVs, class counts, the checkpoint and the test images; it runs no model), so
+the same run always gives the same report. Reads params `report`; shows `seed`, `data` and
+`preprocess`, and the model and training recipe as the checkpoint records them.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 import yaml
 
 from mnistpipe import figures, processed
 from mnistpipe.checkpoints import Checkpoint, load_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.files import write_bytes_atomic, write_text_atomic
-from mnistpipe.models import predict_logits
 from mnistpipe.params import PARAMS_FILE, ReportParams, load_section, read_params
 from mnistpipe.processed import Split
 
@@ -48,6 +46,7 @@ class RunTables:
     per_class: pd.DataFrame
     confusion: pd.DataFrame  # counts; index: actual class names, columns: predicted
     misclassified: pd.DataFrame
+    predictions: pd.DataFrame  # actual, predicted, confidence of each test image, in order
     class_counts: pd.DataFrame
 
     @classmethod
@@ -61,6 +60,7 @@ class RunTables:
             per_class=pd.read_csv(metrics_dir / "per_class.csv", dtype={"class": str}),
             confusion=confusion.astype(int),
             misclassified=pd.read_csv(metrics_dir / "misclassified.csv"),
+            predictions=pd.read_csv(metrics_dir / "predictions.csv"),
             class_counts=pd.read_csv(metrics_dir / "class_counts.csv", index_col="class"),
         )
 
@@ -75,12 +75,11 @@ def figures_of_run(
         f"{classes[row.actual]} → {classes[row.predicted]} ({row.confidence:.2f})"
         for row in wrong.itertuples()
     ]
-    samples = torch.from_numpy(test.images[: params.samples_shown])
-    probabilities = torch.softmax(predict_logits(checkpoint.build(), samples, 1000), 1)
-    confidence, predicted = probabilities.max(1)
+    samples = run.predictions[: params.samples_shown]  # the first test images, as evaluated
     sample_captions = [
-        f"{classes[int(p)]} ({float(c):.2f}){'' if int(p) == int(t) else ' ✗'}"
-        for p, c, t in zip(predicted, confidence, test.labels, strict=False)
+        f"{classes[row.predicted]} ({row.confidence:.2f})"
+        + ("" if row.predicted == row.actual else " ✗")
+        for row in samples.itertuples()
     ]
     return {
         "confusion_matrix.png": figures.confusion_heatmap(run.confusion),
@@ -91,7 +90,7 @@ def figures_of_run(
             "Misclassified test digits: actual → predicted (confidence)",
         ),
         "samples.png": figures.digit_grid(
-            samples.numpy(), sample_captions, "Sample test predictions (confidence)"
+            test.images[: len(samples)], sample_captions, "Sample test predictions (confidence)"
         ),
         "class_distribution.png": figures.class_distribution(run.class_counts),
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mnistpipe import processed
+from mnistpipe import numerics, processed
 from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.files import write_text_atomic
@@ -58,18 +58,20 @@ def train(
 ) -> Checkpoint:
     """Train on `data_dir`, rewriting the history CSV (and the timings) after every epoch."""
     make_deterministic(seed, params.threads)
+    numerics.apply(params.numerics)  # after the thread count, which resets MKL's
     device = select_device(params.device)
     meta = processed.load_meta(data_dir)
     train_data, val_data = load_data(data_dir, "train", device), load_data(data_dir, "val", device)
     model = build_model(model_params.name, model_params.config, meta.mean, meta.std)
     model = model.to(device=device, memory_format=torch.channels_last)
     log.info(
-        "training %s (%d parameters) on %s for %d epochs, %d threads",
+        "training %s (%d parameters) on %s for %d epochs, %d threads, %s numerics",
         model_params.name,
         sum(p.numel() for p in model.parameters()),
         device,
         params.epochs,
         torch.get_num_threads(),
+        params.numerics,
     )
     rows: list[EpochStats] = []
 

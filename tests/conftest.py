@@ -41,6 +41,7 @@ RECIPE = TrainParams(
     augment_scale=0.1,
     device="cpu",
     threads=1,
+    numerics="fast",
 )
 SMALL_CNN = CNNConfig(channels=(4, 8), convs=(1, 1))
 

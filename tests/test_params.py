@@ -68,9 +68,11 @@ train:
   augment_scale: 0.0
   device: auto
   threads: 0
+  numerics: portable
 evaluate:
   batch_size: 500
   device: cpu
+  numerics: fast
 """
 
 

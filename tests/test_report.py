@@ -39,6 +39,7 @@ def report(tmp_path, out, chain, params):
         "confusion": "confusion_matrix.csv",
         "per-class": "per_class.csv",
         "misclassified": "misclassified.csv",
+        "predictions": "predictions.csv",
     }
     for name, path in chain[1].items():
         if name in names:

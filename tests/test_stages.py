@@ -51,9 +51,11 @@ train:
   augment_scale: 0.1
   device: auto
   threads: 1
+  numerics: portable
 evaluate:
   batch_size: 16
   device: auto
+  numerics: portable
 report:
   misclassified_shown: 16
   samples_shown: 8
@@ -62,8 +64,13 @@ report:
 """
 
 
+NUMERICS = {"train": "portable", "evaluate": "portable"}  # as PARAMS, and dvc.yaml's commands
+
+
 def stage(name, *args):
-    command = [sys.executable, "-m", f"stages.{name}", *map(str, args)]
+    """A stage as dvc.yaml runs it: the computing ones through the numerics launcher."""
+    launcher = ["-m", "mnistpipe.numerics", NUMERICS[name]] if name in NUMERICS else ["-m"]
+    command = [sys.executable, *launcher, f"stages.{name}", *map(str, args)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
 
 
@@ -287,3 +294,23 @@ def test_train_rejects_bad_params_before_training(tmp_path, raw_dir):
         params,
     )
     assert_one_line_error(result, "train", "train.epochs: must be at least 1, got 0")
+
+
+def test_portable_train_without_the_launcher_is_one_clear_error(tmp_path, raw_dir):
+    params = params_file(tmp_path, raw_dir)
+    command = [
+        sys.executable,
+        "-m",
+        "stages.train",
+        "--data",
+        tmp_path,
+        "--model",
+        tmp_path / "m.pt",
+        "--history",
+        tmp_path / "h.csv",
+        "--params",
+        params,
+    ]
+    result = subprocess.run(list(map(str, command)), cwd=REPO, capture_output=True, text=True)
+    assert_one_line_error(result, "train", "numerics 'portable' did not take effect")
+    assert "python -m mnistpipe.numerics portable stages.<name>" in result.stderr

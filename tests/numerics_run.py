@@ -1,0 +1,86 @@
+"""A short training run for the numerics tests, run through the launcher:
+
+    python -m mnistpipe.numerics MODE tests.numerics_run THREADS [--unpinned]
+
+trains the default CNN with the default recipe's ops (conv, batch norm, max-pool, linear,
+augmentation, Nesterov SGD, one-cycle, label smoothing) for 100 steps of 64 synthetic digits,
+then prints JSON: the sha256 of the weights, of the inference logits on held-out images, and
+what the machine and the knobs were. `--unpinned` gives MKL torch's thread count back after
+the mode is applied: the run that shows the tests would notice a thread-dependent MKL.
+"""
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from mnistpipe import numerics
+from mnistpipe.checkpoints import Checkpoint
+from mnistpipe.models import CNNConfig, build_model, predict_logits
+from mnistpipe.training import Data, fit, make_deterministic
+from tests.conftest import RECIPE
+
+STEPS, BATCH = 100, 64
+CONFIG = CNNConfig()  # the default model's
+
+
+def synthetic_digits(count: int, seed: int) -> Data:
+    """Class k is a bright blob at its own place, with noise: learnable, and the same bytes
+    on every machine (torch's CPU generator is software)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 10
+    images = torch.randint(0, 60, (count, 28, 28), generator=generator, dtype=torch.uint8)
+    for index, label in enumerate(labels.tolist()):
+        row, col = 4 + 12 * (label // 5), 1 + 5 * (label % 5)
+        images[index, row : row + 8, col : col + 5] = 200
+    return Data(images=images, labels=labels)
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                flags = cpuinfo.read_text()
+                return line.split(":", 1)[1].strip() + (" (avx512f)" if "avx512f" in flags else "")
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    mode, threads = os.environ[numerics.LAUNCHED_MODE], int(sys.argv[1])
+    make_deterministic(seed=5, threads=threads)
+    numerics.apply(mode)
+    if "--unpinned" in sys.argv:
+        torch.set_num_threads(threads)  # resets MKL's count to torch's
+    train, val = synthetic_digits(STEPS * BATCH, 1), synthetic_digits(500, 2)
+    recipe = RECIPE.model_copy(update={"epochs": 1, "batch_size": BATCH, "numerics": mode})
+    model = build_model("cnn", CONFIG, mean=0.15, std=0.3)
+    model = model.to(memory_format=torch.channels_last)
+    state, best = fit(model, train, val, recipe, seed=5, show_progress=False)
+    weights = b"".join(state[key].numpy().tobytes() for key in sorted(state))
+    checkpoint = Checkpoint("cnn", CONFIG, recipe, state, "synthetic", tuple("0123456789"), 1, 0)
+    logits = predict_logits(checkpoint.build(), synthetic_digits(1000, 3).images, 250)
+    print(
+        json.dumps(
+            {
+                "weights_sha256": hashlib.sha256(weights).hexdigest(),
+                "logits_sha256": hashlib.sha256(logits.numpy().tobytes()).hexdigest(),
+                "val_accuracy": best.val_accuracy,
+                "cpu": cpu_model(),
+                "capability": torch.backends.cpu.get_cpu_capability(),
+                "knobs": {
+                    key: os.environ.get(key) for key in numerics.MODES["portable"].environment
+                }
+                | {"mkl": numerics.mkl_settings(), "onednn": torch.backends.mkldnn.enabled},
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
