@@ -1,0 +1,1 @@
+"""Tools that sit outside the pipeline core."""
