@@ -9,6 +9,7 @@ the grid and pushing it, and a teammate who pulls them and takes the best.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -412,6 +414,70 @@ def test_the_summary_steps_pull_what_arrived_and_name_the_best(step):
     text = step.read("summary")
     assert "## Sweep: experiments by accuracy\n\n| a table |" in text
     assert "`s1-lr-0.05`** (accuracy 0.9704)" in text and "`s1-lr-0.4`" in text
+
+
+@pytest.fixture
+def git_server():
+    """An HTTP git server that refuses everyone and records the Authorization header sent."""
+    seen: list[str | None] = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_dvcs_git_client_sends_the_token_as_the_workflow_sets_it(tmp_path, git_server):
+    url, seen = git_server
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **dvc_env(),
+        "HOME": str(home),
+        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"],
+                    ["git", "commit", "-qm", "dvc init"],
+                    ["git", "remote", "add", "origin", f"{url}/owner/repo"]):  # fmt: skip
+        subprocess.run(command, cwd=repo, env=env, check=True)
+
+    def list_remote() -> None:
+        seen.clear()
+        listing = subprocess.run(
+            ["dvc", "exp", "list", "origin"], cwd=repo, env=env, capture_output=True
+        )
+        assert listing.returncode != 0 and seen  # refused, after one request at least
+
+    # Where actions/checkout leaves its token, dvc (through dulwich) does not look.
+    local = ["git", "config", "--local", f"http.{url}/.extraheader", "AUTHORIZATION: basic x"]
+    subprocess.run(local, cwd=repo, env=env, check=True)
+    list_remote()
+    assert set(seen) == {None}
+    subprocess.run([*local[:3], "--unset", local[3]], cwd=repo, env=env, check=True)
+
+    # The workflow's step puts it in the global config, where dvc finds it.
+    setup = script(workflow()["jobs"]["run"], "push access")
+    step_env = {**env, "TOKEN": "a-token", "GITHUB_SERVER_URL": url}
+    bash = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", setup]
+    subprocess.run(bash, cwd=repo, env=step_env, check=True, capture_output=True)
+    list_remote()
+    token = base64.b64encode(b"x-access-token:a-token").decode()
+    assert set(seen) == {f"basic {token}"}
 
 
 # ---------------------------------------------------------------- runners, for real
