@@ -168,10 +168,11 @@ def experiment_names(combinations: Sequence[Combination], prefix: str = "") -> l
         if lossy or name.endswith(".lock"):
             name = f"{name}-{_digest(combination)}"
         names.append(name)
-    for index, name in enumerate(names):
-        if names.count(name) > 1:
-            names[index] = f"{name}-{_digest(combinations[index])}"
-    return names
+    repeated = {name for name in names if names.count(name) > 1}
+    return [
+        f"{name}-{_digest(combination)}" if name in repeated else name
+        for name, combination in zip(names, combinations, strict=True)
+    ]
 
 
 def job_matrix(overrides: Sequence[str], prefix: str, max_experiments: int) -> dict:
