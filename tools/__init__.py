@@ -1,1 +1,1 @@
-"""Tools that sit outside the pipeline core."""
+"""Tools that sit outside the pipeline core: the CI pipeline check and the sweep grid."""
