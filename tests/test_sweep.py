@@ -48,17 +48,21 @@ EXP_RUN = ["dvc", "exp", "run", "--pull", "--allow-missing"]
 def make_tiny(repo: Path) -> None:
     """Give `repo` the tiny params of the tests (5,000 images, one epoch), where they stay.
 
-    Every param edit of this module is here: where the params live may change (with Hydra,
-    `dvc exp run` writes params.yaml from conf/, so an edit of params.yaml would not last).
-    Applying it twice changes nothing.
+    Every param edit of this module is here. Where the layout composes params.yaml from
+    conf/config.yaml (DVC's Hydra composition, which `dvc exp run` redoes), the edit goes
+    there and params.yaml is composed again; otherwise into params.yaml. Applying it twice
+    changes nothing.
     """
-    params = repo / "params.yaml"
-    text = params.read_text()
+    config = repo / "conf" / "config.yaml"
+    source = config if config.exists() else repo / "params.yaml"
+    text = source.read_text()
     for old, new in TINY_PARAMS.items():
         if new not in text:
             assert old in text, old
             text = text.replace(old, new)
-    params.write_text(text)
+    source.write_text(text)
+    if config.exists():
+        run([sys.executable, "-m", "tools.compose_params"], repo)
 
 
 # ---------------------------------------------------------------- the grid and the names
