@@ -1,6 +1,6 @@
 # The two commands of README: `make repro` runs the pipeline, `make test` runs the tests.
-# Both create or refresh .venv from requirements.txt first; the stamp makes that free when
-# nothing changed.
+# Both create or refresh .venv from requirements.lock first (every package pinned); the stamp
+# makes that free when nothing changed.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.requirements-installed
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.requirements-installed
 export PATH := $(abspath $(VENV)/bin):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro params test test-fast lint venv
+.PHONY: repro params test test-fast lint venv lock
 
 repro: params
 	dvc repro
@@ -31,9 +31,18 @@ lint: $(STAMP)
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
 		"error: Python 3.11 or newer is needed, $(PYTHON) is " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -r requirements.lock
 	touch $@
+
+# requirements.lock from requirements.txt: a fresh environment, then pip freeze.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	{ sed -n '1,4p' requirements.lock; .lock-venv/bin/python -m pip freeze; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv

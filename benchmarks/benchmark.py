@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -39,6 +40,7 @@ from mnistpipe import processed
 from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.metrics import summary_metrics
 from mnistpipe.models import predict_logits
+from mnistpipe.numerics import MODES
 from tools.compose_params import CONFIG_DIR, compose
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,9 +75,10 @@ def recipes() -> list[str]:
     return [DEFAULT, *(name for name in names if name != DEFAULT)]
 
 
-def recipe_params(name: str, quick: bool) -> str:
-    """params.yaml composed with the recipe (and one epoch when quick)."""
-    return compose(REPO, [f"recipe={name}", *(["train.epochs=1"] if quick else [])])
+def recipe_params(name: str, quick: bool, numerics: str | None = None) -> str:
+    """params.yaml composed with the recipe (one epoch when quick, other numerics if given)."""
+    overrides = [f"recipe={name}", *(["train.epochs=1"] if quick else [])]
+    return compose(REPO, overrides + ([f"train.numerics={numerics}"] if numerics else []))
 
 
 def quick_data(data_dir: Path, out: Path) -> Path:
@@ -94,8 +97,10 @@ def run_train(params: str, workdir: Path, data_dir: Path) -> tuple[float, float,
     history with each epoch's seconds."""
     params_path, model, history = workdir / "params.yaml", workdir / "model.pt", workdir / "h.csv"
     params_path.write_text(params)
+    numerics = yaml.safe_load(params)["train"]["numerics"]  # through the launcher, as dvc.yaml
     command = [
-        *(sys.executable, "-m", "stages.train", "--data", data_dir, "--model", model),
+        *(sys.executable, "-m", "mnistpipe.numerics", numerics, "stages.train"),
+        *("--data", data_dir, "--model", model),
         *("--history", history, "--timings", workdir / "timings.csv", "--params", params_path),
     ]
     started = time.perf_counter()
@@ -167,10 +172,10 @@ def predict_latency(model_path: Path, workdir: Path, runs: int = 3) -> float:
     return round(statistics.median(seconds), 2)
 
 
-def benchmark(name: str, data_dir: Path, quick: bool) -> dict:
+def benchmark(name: str, data_dir: Path, quick: bool, numerics: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         workdir = Path(folder)
-        params = recipe_params(name, quick)
+        params = recipe_params(name, quick, numerics)
         seconds, rss_mb, model_path, history_path = run_train(params, workdir, data_dir)
         history = pd.read_csv(history_path)
         test = processed.load_split(data_dir, "test")
@@ -185,6 +190,7 @@ def benchmark(name: str, data_dir: Path, quick: bool) -> dict:
     epochs_s = float(history["seconds"].sum())
     return {
         "recipe": name,
+        "numerics": yaml.safe_load(params)["train"]["numerics"],
         "test_accuracy": metrics["accuracy"],
         "best_val_accuracy": float(history["val_accuracy"].max()),
         "epochs": len(history),
@@ -302,6 +308,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/processed"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="one epoch on 4,000 images")
+    parser.add_argument(
+        "--numerics",
+        nargs="+",
+        choices=list(MODES),
+        help="train each recipe in these numerics modes (default: the recipe's own)",
+    )
     parser.add_argument("--dvc", action="store_true", help="also time dvc repro and exp run")
     parser.add_argument(
         "--serve", action="store_true", help="also load-test apps.serve with models/model.pt"
@@ -317,7 +329,8 @@ def main() -> None:
         rows = []
         for name in chosen:
             print(f"benchmark: recipe {name}", file=sys.stderr)
-            rows.append(benchmark(name, data, args.quick))
+            for numerics in args.numerics or [None]:
+                rows.append(benchmark(name, data, args.quick, numerics))
             print(json.dumps(rows[-1]), file=sys.stderr)
     dvc_times = None
     if args.dvc:

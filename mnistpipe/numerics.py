@@ -11,7 +11,11 @@ when they load, so only a launcher (or the environment) can set them:
   ATen runs its AVX2 kernels (no AVX-512 variants), which gave the same bytes with 1 to 4
   threads; MKL runs in conditional numerical reproducibility on its COMPATIBLE branch, the
   only fixed branch MKL honours on non-Intel CPUs (an AVX2 request silently becomes AUTO
-  there), and on one thread, since that branch has no thread-invariant STRICT mode.
+  there), and on one thread, since that branch has no thread-invariant STRICT mode. The
+  forward convolutions run in NNPACK's AVX2 kernels (the same bytes with 1 to 4 threads
+  here); NNPACK sizes its blocks by the CPU's caches, so whether its sums hold on another
+  CPU model is what the fingerprint test (tests/test_numerics.py) says on its first run
+  there.
 - `fast`: oneDNN and every kernel the CPU allows; the same bytes only on the same CPU model
   with the same thread count.
 
@@ -40,6 +44,7 @@ LAUNCHED_MODE = "MNISTPIPE_NUMERICS"  # set by the launcher, so a stage can chec
 class Mode:
     environment: dict[str, str]  # read by ATen and MKL when they load
     onednn: bool  # torch.backends.mkldnn.enabled
+    nnpack: bool  # torch.backends.nnpack, which runs the forward convs when oneDNN is off
     capability: str | None  # the ATen kernels torch must report, None = whatever it picks
     mkl_branch: str | None  # the CNR branch MKL must report, None = not checked
     mkl_threads: int | None  # MKL's threads for this process's calls, None = torch's count
@@ -50,11 +55,19 @@ MODES: dict[str, Mode] = {
     "portable": Mode(
         environment={"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"},
         onednn=False,
+        nnpack=True,  # the forward convs: AVX2 kernels, 3x faster than MKL's COMPATIBLE ones
         capability="AVX2",
         mkl_branch="COMPATIBLE",
         mkl_threads=1,
     ),
-    "fast": Mode(environment={}, onednn=True, capability=None, mkl_branch=None, mkl_threads=None),
+    "fast": Mode(
+        environment={},
+        onednn=True,
+        nnpack=True,
+        capability=None,
+        mkl_branch=None,
+        mkl_threads=None,
+    ),
 }
 
 
@@ -66,6 +79,7 @@ def apply(name: str) -> None:
 
     mode = MODES[name]
     torch.backends.mkldnn.enabled = mode.onednn
+    torch.backends.nnpack.set_flags(mode.nnpack)
     if mode.mkl_threads and torch.backends.mkl.is_available():
         set_mkl_threads(mode.mkl_threads)
     launched = os.environ.get(LAUNCHED_MODE) or None
