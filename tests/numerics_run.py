@@ -21,23 +21,11 @@ import torch
 from mnistpipe import numerics
 from mnistpipe.checkpoints import Checkpoint
 from mnistpipe.models import CNNConfig, build_model, predict_logits
-from mnistpipe.training import Data, fit, make_deterministic
-from tests.conftest import RECIPE
+from mnistpipe.training import fit, make_deterministic
+from tests.conftest import RECIPE, toy_data
 
 STEPS, BATCH = 100, 64
 CONFIG = CNNConfig()  # the default model's
-
-
-def synthetic_digits(count: int, seed: int) -> Data:
-    """Class k is a bright blob at its own place, with noise: learnable, and the same bytes
-    on every machine (torch's CPU generator is software)."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(count) % 10
-    images = torch.randint(0, 60, (count, 28, 28), generator=generator, dtype=torch.uint8)
-    for index, label in enumerate(labels.tolist()):
-        row, col = 4 + 12 * (label // 5), 1 + 5 * (label % 5)
-        images[index, row : row + 8, col : col + 5] = 200
-    return Data(images=images, labels=labels)
 
 
 def cpu_model() -> str:
@@ -56,14 +44,14 @@ def main() -> None:
     numerics.apply(mode)
     if "--unpinned" in sys.argv:
         torch.set_num_threads(threads)  # resets MKL's count to torch's
-    train, val = synthetic_digits(STEPS * BATCH, 1), synthetic_digits(500, 2)
+    train, val = toy_data(STEPS * BATCH, 1), toy_data(500, 2)
     recipe = RECIPE.model_copy(update={"epochs": 1, "batch_size": BATCH, "numerics": mode})
     model = build_model("cnn", CONFIG, mean=0.15, std=0.3)
     model = model.to(memory_format=torch.channels_last)
     state, best = fit(model, train, val, recipe, seed=5, show_progress=False)
     weights = b"".join(state[key].numpy().tobytes() for key in sorted(state))
     checkpoint = Checkpoint("cnn", CONFIG, recipe, state, "synthetic", tuple("0123456789"), 1, 0)
-    logits = predict_logits(checkpoint.build(), synthetic_digits(1000, 3).images, 250)
+    logits = predict_logits(checkpoint.build(), toy_data(1000, 3).images, 250)
     print(
         json.dumps(
             {

@@ -67,9 +67,10 @@ report:
 NUMERICS = {"train": "portable", "evaluate": "portable"}  # as PARAMS, and dvc.yaml's commands
 
 
-def stage(name, *args):
+def stage(name, *args, launched=True):
     """A stage as dvc.yaml runs it: the computing ones through the numerics launcher."""
     launcher = ["-m", "mnistpipe.numerics", NUMERICS[name]] if name in NUMERICS else ["-m"]
+    launcher = launcher if launched else ["-m"]
     command = [sys.executable, *launcher, f"stages.{name}", *map(str, args)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
 
@@ -298,19 +299,7 @@ def test_train_rejects_bad_params_before_training(tmp_path, raw_dir):
 
 def test_portable_train_without_the_launcher_is_one_clear_error(tmp_path, raw_dir):
     params = params_file(tmp_path, raw_dir)
-    command = [
-        sys.executable,
-        "-m",
-        "stages.train",
-        "--data",
-        tmp_path,
-        "--model",
-        tmp_path / "m.pt",
-        "--history",
-        tmp_path / "h.csv",
-        "--params",
-        params,
-    ]
-    result = subprocess.run(list(map(str, command)), cwd=REPO, capture_output=True, text=True)
+    files = ("--data", tmp_path, "--model", tmp_path / "m.pt", "--history", tmp_path / "h.csv")
+    result = stage("train", *files, "--params", params, launched=False)
     assert_one_line_error(result, "train", "numerics 'portable' did not take effect")
     assert "python -m mnistpipe.numerics portable stages.<name>" in result.stderr

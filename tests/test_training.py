@@ -17,23 +17,12 @@ from mnistpipe.training import (
     select_device,
     train_epoch,
 )
-from tests.conftest import RECIPE, SMALL_CNN
+from tests.conftest import RECIPE, SMALL_CNN, toy_data
 
 
 def small_cnn(device: str = "cpu") -> torch.nn.Module:
     model = build_model("cnn", SMALL_CNN, mean=0.1, std=0.3)
     return model.to(device=device, memory_format=torch.channels_last)
-
-
-def toy_data(count: int, seed: int) -> Data:
-    """Digits stand-in: class k is a bright 6x6 block at its own place on a dark image."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(count) % 10
-    images = torch.randint(0, 40, (count, 28, 28), generator=generator, dtype=torch.uint8)
-    for index, label in enumerate(labels.tolist()):
-        row, col = 4 + 12 * (label // 5), 1 + 5 * (label % 5)
-        images[index, row : row + 6, col : col + 6] = 255
-    return Data(images=images, labels=labels)
 
 
 def test_loss_falls_over_a_few_steps():
