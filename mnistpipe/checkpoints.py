@@ -24,13 +24,16 @@ from mnistpipe.params import Config, section_from_mapping
 from mnistpipe.training import TrainParams
 
 CHECKPOINT_FORMAT = 2  # 2: normalization inside the model, recipe and per-model config
+# Train settings that say how to run, not what to compute (in portable numerics the bytes are
+# the same for any thread count): left out of the file, whose bytes must not depend on them.
+UNRECORDED = {"threads": 0}  # key -> the value a loaded recipe shows (0: all cores)
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     model_name: str  # a key of MODELS
     model_config: Config  # that model's config
-    recipe: TrainParams  # the train section it was trained with
+    recipe: TrainParams  # the train section it was trained with (threads not recorded)
     state_dict: dict[str, torch.Tensor]
     dataset: str
     classes: tuple[str, ...]  # class index -> name
@@ -38,6 +41,10 @@ class Checkpoint:
     val_accuracy: float
     device: str = "cpu"  # where it was trained
     torch_version: str = str(torch.__version__)  # that trained it
+
+    def recorded_recipe(self) -> dict[str, Any]:
+        """The recipe as the file records it: the train section less UNRECORDED."""
+        return {k: v for k, v in self.recipe.to_mapping().items() if k not in UNRECORDED}
 
     def build(self) -> nn.Module:
         """The model with these weights for inference: eval mode, on the CPU, batch norm fused
@@ -54,7 +61,7 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "model": {"name": checkpoint.model_name, "config": checkpoint.model_config.to_mapping()},
-        "recipe": checkpoint.recipe.to_mapping(),
+        "recipe": checkpoint.recorded_recipe(),
         "state_dict": checkpoint.state_dict,
         "dataset": checkpoint.dataset,
         "classes": list(checkpoint.classes),
@@ -86,7 +93,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         checkpoint = Checkpoint(
             model_name=name,
             model_config=MODELS[name].config.model_validate(payload["model"]["config"]),
-            recipe=section_from_mapping(TrainParams, payload["recipe"], path),
+            recipe=section_from_mapping(TrainParams, {**payload["recipe"], **UNRECORDED}, path),
             state_dict=payload["state_dict"],
             dataset=str(payload["dataset"]),
             classes=tuple(payload["classes"]),

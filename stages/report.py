@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     run_params = {key: raw[key] for key in RUN_SECTIONS}
     config = checkpoint.model_config.to_mapping()
     model = {"name": checkpoint.model_name, checkpoint.model_name: config}
-    run_params |= {"model": model, "train": checkpoint.recipe.to_mapping()}
+    run_params |= {"model": model, "train": checkpoint.recorded_recipe()}
     run = RunTables.read(args.metrics)
     test = processed.load_split(args.data, "test")
     for name, png in figures_of_run(run, test, checkpoint, params).items():

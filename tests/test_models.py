@@ -132,7 +132,8 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
     save_checkpoint(tmp_path / "model.pt", checkpoint)
     loaded = load_checkpoint(tmp_path / "model.pt")
     assert loaded.model_config == checkpoint.model_config and loaded.classes == checkpoint.classes
-    assert loaded.recipe == RECIPE
+    assert loaded.recorded_recipe() == checkpoint.recorded_recipe()
+    assert "threads" not in loaded.recorded_recipe() and RECIPE.threads == 1  # not recorded
     assert (loaded.epoch, loaded.dataset) == (3, "mnist")
     assert loaded.state_dict["normalize.mean"].item() == pytest.approx(0.1)
     images = torch.randint(0, 256, (7, 28, 28), dtype=torch.uint8)
