@@ -58,12 +58,9 @@ def child(data: Path, images: int, threads: int, mkldnn: bool) -> None:
     torch.backends.mkldnn.enabled = mkldnn
     make_deterministic(42, threads)
     if os.environ.get("PROBE_MKL_THREADS"):
-        import ctypes
+        from mnistpipe.numerics import set_mkl_threads
 
-        torch.ones(1000, 1000).sum()  # ATen's lazy thread set-up, which sets MKL's count too
-        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
-        count = ctypes.c_int(int(os.environ["PROBE_MKL_THREADS"]))
-        library.mkl_set_num_threads_local(ctypes.byref(count))  # the Fortran entry: by reference
+        set_mkl_threads(int(os.environ["PROBE_MKL_THREADS"]))
     meta = processed.load_meta(data)
     split = processed.load_split(data, "train")
     train = Data(
