@@ -1,10 +1,12 @@
-"""Serve the trained model: a page to draw a digit, and an HTTP API for programs.
+"""Serve the exported model: a page to draw on, and an HTTP API for programs.
 
     python -m apps.serve [--port N] [--host ADDRESS] [--model FILE] [--metrics FILE]
 
-Loads the checkpoint once and listens on 127.0.0.1:8000 by default (params `serve`). Open
+Loads `models/model.onnx` once on ONNX Runtime (no PyTorch) and listens on 127.0.0.1:8000 by
+default (params `serve`); a missing or damaged model stops it before it listens. Open
 http://127.0.0.1:8000/ to draw; `POST /api/predict` with a multipart field `file`; `GET
-/healthz` reports the checkpoint's hash and metrics. Not a DVC stage: it writes nothing.
+/healthz` reports the model, its hash, its class names and metrics. Not a DVC stage: it
+writes nothing.
 """
 
 from __future__ import annotations
@@ -20,33 +22,35 @@ import uvicorn
 
 from apps.predict import DEFAULT_MODEL
 from apps.webapp import create_app
-from mnistpipe.checkpoints import Checkpoint, load_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import sha256_file
+from mnistpipe.onnx_model import OnnxClassifier, load_onnx
 from mnistpipe.params import PARAMS_FILE, ServeParams, load_section
 
 log = logging.getLogger("serve")
 DEFAULT_METRICS = Path("metrics/metrics.json")
 
 
-def health(model_path: Path, checkpoint: Checkpoint, metrics_path: Path) -> dict[str, Any]:
-    """What /healthz reports: the checkpoint, its hash, and the test metrics if there are."""
+def health(model: OnnxClassifier, metrics_path: Path) -> dict[str, Any]:
+    """What /healthz reports: the model, its hash and metadata, and the test metrics if any."""
     test_metrics = None
     if metrics_path.exists():
         try:
             test_metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise PipelineError(f"{metrics_path}: not valid JSON ({exc})") from None
-    name = checkpoint.model_name
+    meta = model.metadata
     return {
-        "model": str(model_path),
-        "sha256": sha256_file(model_path),
-        "dataset": checkpoint.dataset,
-        # as params.yaml's `model` section writes it, with the one model it names
-        "config": {"name": name, name: checkpoint.model_config.to_mapping()},
-        "epoch": checkpoint.epoch,
-        "val_accuracy": checkpoint.val_accuracy,
+        "model": str(model.path),
+        "sha256": sha256_file(model.path),
+        "checkpoint_sha256": meta.checkpoint_sha256,
+        "dataset": meta.dataset,
+        "classes": list(meta.classes),
+        "temperature": meta.temperature,
+        "config": meta.model,  # as params.yaml's `model` section, with the one model it names
+        "epoch": meta.epoch,
+        "val_accuracy": meta.val_accuracy,
         "metrics_file": str(metrics_path) if test_metrics is not None else None,
         "test_metrics": test_metrics,
     }
@@ -54,7 +58,9 @@ def health(model_path: Path, checkpoint: Checkpoint, metrics_path: Path) -> dict
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m apps.serve", description=__doc__)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint to serve")
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="exported ONNX model to serve"
+    )
     parser.add_argument(
         "--metrics",
         type=Path,
@@ -68,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     params = load_section(ServeParams, args.params)
     overrides = {"host": args.host, "port": args.port}
     params = params.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    checkpoint = load_checkpoint(args.model)
-    app = create_app(checkpoint, health(args.model, checkpoint, args.metrics), params)
+    model = load_onnx(args.model)  # a bad model stops the server here, before it listens
+    app = create_app(model, health(model, args.metrics), params)
     try:  # bound here, so a taken port is one clear line rather than uvicorn's exit
         listener = socket.create_server((params.host, params.port))
     except OSError as exc:

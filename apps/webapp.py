@@ -1,8 +1,9 @@
-"""The web page and HTTP API around one checkpoint (FastAPI; `python -m apps.serve` runs it).
+"""The web page and HTTP API around one exported model (FastAPI; `python -m apps.serve` runs it).
 
 `POST /api/predict` takes an image as the multipart field `file`, turns it into MNIST's format
 with the predict command's own code (`imaging.prepare_bytes`) and answers
-`{digit, confidence, probabilities, input}`, where `input` is the 28x28 image the model saw.
+`{label, index, confidence, probabilities, input}`: the class name (from the model's
+metadata), its index, calibrated probabilities, and `input`, the 28x28 image the model saw.
 Requests that arrive together are classified in one forward pass (`Batcher`). Errors are JSON
 `{"error": message}`: 400 for no file, an empty file or a non-image, 413 for an upload over the
 size limit or a decompression bomb, 422 when the image holds no ink. Nothing in a request is
@@ -25,9 +26,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
-from apps.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
-from mnistpipe.checkpoints import Checkpoint
-from mnistpipe.models import predict_probabilities
+from mnistpipe.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
+from mnistpipe.onnx_model import OnnxClassifier, classify
 from mnistpipe.params import ServeParams
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -91,11 +91,6 @@ class Batcher:
                     future.set_result(row)
 
 
-def classifier(checkpoint: Checkpoint) -> Callable[[np.ndarray], np.ndarray]:
-    model = checkpoint.build()  # once, for every request
-    return lambda images: predict_probabilities(model, images, len(images)).numpy()
-
-
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -130,10 +125,12 @@ async def read_upload(request: Request, limit: int) -> bytes | JSONResponse:
     return data
 
 
-def create_app(checkpoint: Checkpoint, health: dict[str, Any], params: ServeParams) -> FastAPI:
-    """The app for one checkpoint; `health` is what `GET /healthz` reports beside its status."""
+def create_app(model: OnnxClassifier, health: dict[str, Any], params: ServeParams) -> FastAPI:
+    """The app for one model; `health` is what `GET /healthz` reports beside its status."""
     limit = int(params.max_upload_mb * 1024 * 1024)
-    batcher = Batcher(classifier(checkpoint), params.max_batch, params.batch_wait_ms / 1000)
+    batcher = Batcher(
+        lambda images: classify(model, images), params.max_batch, params.batch_wait_ms / 1000
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -141,7 +138,7 @@ def create_app(checkpoint: Checkpoint, health: dict[str, Any], params: ServePara
         yield
         task.cancel()
 
-    app = FastAPI(title="MNIST digit classifier", lifespan=lifespan)
+    app = FastAPI(title=f"{model.metadata.dataset} classifier", lifespan=lifespan)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -168,13 +165,14 @@ def create_app(checkpoint: Checkpoint, health: dict[str, Any], params: ServePara
         except ImageError as exc:
             return error(400, str(exc))
         probabilities = await batcher.submit(image)
-        digit = int(probabilities.argmax())
+        best = int(probabilities.argmax())
         return {
-            "digit": checkpoint.classes[digit],
-            "confidence": round(float(probabilities[digit]), 6),
+            "label": model.classes[best],
+            "index": best,
+            "confidence": round(float(probabilities[best]), 6),
             "probabilities": {
                 name: round(float(p), 6)
-                for name, p in zip(checkpoint.classes, probabilities, strict=True)
+                for name, p in zip(model.classes, probabilities, strict=True)
             },
             "input": image.tolist(),  # (28, 28) 0-255: what the model saw
         }

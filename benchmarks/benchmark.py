@@ -32,12 +32,11 @@ import pandas as pd
 import torch
 import yaml
 from PIL import Image
-from sklearn.datasets import load_digits
 
-from apps.imaging import to_mnist
 from benchmarks import load_test
 from mnistpipe import processed
 from mnistpipe.checkpoints import load_checkpoint
+from mnistpipe.imaging import foreign_digit_pages, to_mnist
 from mnistpipe.metrics import summary_metrics
 from mnistpipe.models import predict_logits
 from mnistpipe.numerics import MODES
@@ -131,23 +130,9 @@ def timed_logits(
     return logits, len(images) / (time.perf_counter() - started)
 
 
-def foreign_pages(count: int = 500, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
-    """scikit-learn's 8x8 digits as dark ink on a 200x160 light page at random offsets."""
-    digits, rng = load_digits(), np.random.default_rng(seed)
-    pages = []
-    for image in digits.images[:count]:
-        ink = Image.fromarray(np.uint8(image / 16 * 255))
-        ink = ink.resize((64, 64), Image.Resampling.BILINEAR)
-        page = np.full((160, 200), 235.0, dtype=np.float32)
-        top, left = rng.integers(0, 160 - 64), rng.integers(0, 200 - 64)
-        page[top : top + 64, left : left + 64] -= np.asarray(ink, np.float32) / 255 * 200
-        pages.append(page)
-    return pages, digits.target[:count]
-
-
 def foreign_accuracy(model: torch.nn.Module) -> tuple[float, float]:
     """Accuracy on foreign digit pages with MNIST-style preprocessing, and with a plain resize."""
-    pages, labels = foreign_pages()
+    pages, labels = foreign_digit_pages()
     prepared = np.stack([to_mnist(page) for page in pages])
     resized = np.stack(
         [np.asarray(Image.fromarray(page.astype(np.uint8)).resize((28, 28))) for page in pages]
@@ -162,7 +147,7 @@ def foreign_accuracy(model: torch.nn.Module) -> tuple[float, float]:
 def predict_latency(model_path: Path, workdir: Path, runs: int = 3) -> float:
     """Median wall seconds of `python -m apps.predict` on one PNG, start-up included."""
     image = workdir / "digit.png"
-    Image.fromarray(np.uint8(foreign_pages(1)[0][0])).save(image)
+    Image.fromarray(np.uint8(foreign_digit_pages(1)[0][0])).save(image)
     command = [sys.executable, "-m", "apps.predict", str(image), "--model", str(model_path)]
     seconds = []
     for _ in range(runs):

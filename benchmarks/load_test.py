@@ -33,9 +33,9 @@ import httpx2
 import numpy as np
 from PIL import Image
 
-from apps.imaging import prepare_bytes
 from mnistpipe import processed
 from mnistpipe.checkpoints import load_checkpoint
+from mnistpipe.imaging import prepare_bytes
 from mnistpipe.models import predict_probabilities
 
 REPO = Path(__file__).resolve().parents[1]  # where `python -m apps.serve` runs

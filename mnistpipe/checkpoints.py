@@ -1,9 +1,9 @@
 """The checkpoint format that `train` writes and everything after it reads.
 
 A checkpoint describes itself: the model's name and config, the resolved training recipe, the
-dataset and its class names travel with the weights (whose first layer holds the
-normalization stats), so evaluation, the report and the apps rebuild the model from the file
-alone. It holds only tensors and plain Python values, so it loads with
+dataset and its class names and the calibration temperature travel with the weights (whose
+first layer holds the normalization stats), so evaluation, export and the report rebuild the
+model from the file alone. It holds only tensors and plain Python values, so it loads with
 `torch.load(..., weights_only=True)`.
 """
 
@@ -21,9 +21,11 @@ from mnistpipe.errors import PipelineError
 from mnistpipe.files import write_bytes_atomic
 from mnistpipe.models import CNN, MODELS, build_model, fuse_batch_norm
 from mnistpipe.params import Config, section_from_mapping
+from mnistpipe.processed import Meta
 from mnistpipe.training import TrainParams
 
-CHECKPOINT_FORMAT = 2  # 2: normalization inside the model, recipe and per-model config
+# 2: normalization inside the model, recipe and per-model config; 3: calibration temperature
+CHECKPOINT_FORMAT = 3
 # Train settings that say how to run, not what to compute (in portable numerics the bytes are
 # the same for any thread count): left out of the file, whose bytes must not depend on them.
 UNRECORDED = {"threads": 0}  # key -> the value a loaded recipe shows (0: all cores)
@@ -39,12 +41,18 @@ class Checkpoint:
     classes: tuple[str, ...]  # class index -> name
     epoch: int  # the epoch whose weights these are: the best by validation accuracy
     val_accuracy: float
+    # softmax(logits / temperature) is calibrated: fitted on the validation split (1.0: not)
+    temperature: float = 1.0
     device: str = "cpu"  # where it was trained
     torch_version: str = str(torch.__version__)  # that trained it
 
     def recorded_recipe(self) -> dict[str, Any]:
         """The recipe as the file records it: the train section less UNRECORDED."""
         return {k: v for k, v in self.recipe.to_mapping().items() if k not in UNRECORDED}
+
+    def model_section(self) -> dict[str, Any]:
+        """The model as params.yaml's `model` section writes it, with the one config it uses."""
+        return {"name": self.model_name, self.model_name: self.model_config.to_mapping()}
 
     def build(self) -> nn.Module:
         """The model with these weights for inference: eval mode, on the CPU, batch norm fused
@@ -57,6 +65,17 @@ class Checkpoint:
         return model.to(memory_format=torch.channels_last)
 
 
+def require_same_dataset(
+    checkpoint: Checkpoint, meta: Meta, model_path: Path, data_path: Path
+) -> None:
+    """A model is only scored or checked on the dataset (and classes) it was trained on."""
+    if (meta.dataset, meta.classes) != (checkpoint.dataset, checkpoint.classes):
+        raise PipelineError(
+            f"{data_path} holds {meta.dataset} but {model_path} was trained on"
+            f" {checkpoint.dataset}; rerun the pipeline (dvc repro)"
+        )
+
+
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
@@ -67,6 +86,7 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
         "classes": list(checkpoint.classes),
         "epoch": checkpoint.epoch,
         "val_accuracy": checkpoint.val_accuracy,
+        "temperature": checkpoint.temperature,
         "device": checkpoint.device,
         "torch_version": checkpoint.torch_version,
     }
@@ -99,6 +119,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             classes=tuple(payload["classes"]),
             epoch=int(payload["epoch"]),
             val_accuracy=float(payload["val_accuracy"]),
+            temperature=float(payload["temperature"]),
             device=str(payload["device"]),
             torch_version=str(payload["torch_version"]),
         )

@@ -17,6 +17,7 @@ class DatasetSpec:
     torchvision_class: str  # attribute of torchvision.datasets
     md5: dict[str, str]  # idx file name -> MD5 of the extracted (uncompressed) file
     classes: tuple[str, ...]  # class index -> human-readable name
+    description: str  # what the images are and where they come from (for the model card)
     debian_dir: str | None = None  # where a Debian package installs the idx files
 
 
@@ -31,6 +32,12 @@ DATASETS: dict[str, DatasetSpec] = {
             TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",
         },
         classes=tuple(str(digit) for digit in range(10)),
+        description=(
+            "MNIST (LeCun, Cortes and Burges): handwritten digits 0-9 from NIST's Special"
+            " Databases 1 and 3, written by US Census Bureau employees and high-school"
+            " students; each fitted into 20x20 pixels and centred by mass in 28x28, grey"
+            " levels 0-255, light ink on black"
+        ),
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -52,6 +59,11 @@ DATASETS: dict[str, DatasetSpec] = {
             "Sneaker",
             "Bag",
             "Ankle boot",
+        ),
+        description=(
+            "Fashion-MNIST (Xiao, Rasul and Vollgraf, Zalando Research): photos of clothing,"
+            " shoes and bags from Zalando's catalogue in 10 classes, reduced to 28x28 grey"
+            " levels 0-255, light on black"
         ),
         debian_dir="/usr/share/datasets/fashion-mnist",
     ),

@@ -24,8 +24,17 @@ def to_png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+LONG_LABEL = 2  # characters: class names longer than this are written at a slant
+
+
 def confusion_heatmap(confusion: pd.DataFrame) -> bytes:
-    """Counts with rows = actual class and columns = predicted class, diagonal included."""
+    return to_png(confusion_figure(confusion))
+
+
+def confusion_figure(confusion: pd.DataFrame) -> Figure:
+    """Counts with rows = actual class and columns = predicted class, diagonal included.
+    Long class names (Fashion-MNIST's "T-shirt/top") are slanted under the x-axis so that
+    neighbours never overlap."""
     counts = confusion.to_numpy()
     figure, axes = plt.subplots(figsize=(7, 6))
     # A log scale keeps the few errors visible next to the ~1000 correct per class.
@@ -35,10 +44,35 @@ def confusion_heatmap(confusion: pd.DataFrame) -> bytes:
         axes.text(col, row, str(count), ha="center", va="center", fontsize=8, color=colour)
     axes.set_xticks(range(len(confusion.columns)), confusion.columns)
     axes.set_yticks(range(len(confusion.index)), confusion.index)
+    if max(len(str(name)) for name in confusion.columns) > LONG_LABEL:
+        plt.setp(axes.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     axes.set_xlabel("predicted")
     axes.set_ylabel("actual")
     axes.set_title("Confusion matrix (test set)")
     figure.colorbar(image, ax=axes, label="log(1 + count)")
+    figure.tight_layout()
+    return figure
+
+
+def reliability_diagram(reliability: pd.DataFrame) -> bytes:
+    """Accuracy against mean confidence per bin, before and after the temperature: a
+    calibrated model's points lie on the diagonal. `reliability` is evaluate's
+    calibration.csv (columns probabilities, lower, upper, images, accuracy, confidence)."""
+    figure, axes = plt.subplots(figsize=(6, 5.5))
+    axes.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    groups = reliability.groupby("probabilities", sort=False)
+    for (name, table), style in zip(groups, "os", strict=True):  # uncalibrated, calibrated
+        filled = table[table["images"] > 0]
+        axes.plot(filled["confidence"], filled["accuracy"], f"-{style}", label=name)
+    axes.set(
+        title="Reliability (test set, 15 bins)",
+        xlabel="mean confidence in bin",
+        ylabel="accuracy in bin",
+        xlim=(0, 1.01),
+        ylim=(0, 1.01),
+    )
+    axes.legend(loc="upper left")
+    axes.grid(alpha=0.3)
     figure.tight_layout()
     return to_png(figure)
 

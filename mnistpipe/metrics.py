@@ -53,17 +53,18 @@ def per_class_table(
     return table.round(6)
 
 
-def misclassified_table(labels: np.ndarray, logits: torch.Tensor) -> pd.DataFrame:
+def misclassified_table(labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
     """Test-set index, actual class and top-2 classes with probabilities of each error."""
-    top_probs, top_classes = torch.softmax(logits, 1).topk(2, dim=1)
-    wrong = np.flatnonzero(top_classes[:, 0].numpy() != labels)
+    top_classes = np.argsort(-probabilities, axis=1, kind="stable")[:, :2]  # (N, 2)
+    top_probs = np.take_along_axis(probabilities, top_classes, axis=1)
+    wrong = np.flatnonzero(top_classes[:, 0] != labels)
     return pd.DataFrame(
         {
             "index": wrong,
             "actual": labels[wrong],
-            "predicted": top_classes[wrong, 0].numpy(),
-            "confidence": top_probs[wrong, 0].numpy().round(6),
-            "second": top_classes[wrong, 1].numpy(),
-            "second_confidence": top_probs[wrong, 1].numpy().round(6),
+            "predicted": top_classes[wrong, 0],
+            "confidence": top_probs[wrong, 0].round(6),
+            "second": top_classes[wrong, 1],
+            "second_confidence": top_probs[wrong, 1].round(6),
         }
     )

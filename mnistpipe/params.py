@@ -24,7 +24,17 @@ from mnistpipe.sources import SOURCES
 
 PARAMS_FILE = Path("params.yaml")
 # The top-level keys of params.yaml: the seed, then one section per Section subclass's NAME.
-SECTION_NAMES = ("data", "download", "preprocess", "model", "train", "evaluate", "report", "serve")
+SECTION_NAMES = (
+    "data",
+    "download",
+    "preprocess",
+    "model",
+    "train",
+    "export",
+    "evaluate",
+    "report",
+    "serve",
+)
 SEED_RANGE = 2**32  # numpy's and torch's seeds are 32-bit
 
 
@@ -110,6 +120,16 @@ class PreprocessParams(Section):
     val_size: int = Field(ge=1)  # held out of the training set for validation, stratified
     # keep this many training images (stratified) before the split; 0 = all
     subset: Annotated[int, rule(lambda v: v >= 0, "must be 0 (all images) or a positive count")]
+
+
+class ExportParams(Section):
+    NAME: ClassVar[str] = "export"
+    # ONNX opset of the graph; 18 is the oldest the dynamo exporter writes, 23 the newest that
+    # the pinned onnxruntime runs
+    opset: int = Field(ge=18, le=23)
+    # the largest logit difference allowed between ONNX Runtime and PyTorch on the validation
+    # split (float32 rounding gives about 1e-6); any larger, or another class, fails the stage
+    tolerance: float = Field(gt=0, le=0.01)
 
 
 class EvaluateParams(Section):

@@ -1,9 +1,11 @@
-"""Stage `report`: reports/report.md and its figures, from the tracked outputs of the run.
+"""Stage `report`: reports/report.md, its figures and reports/model_card.md, from the tracked
+outputs of the run.
 
-Reads only files that earlier stages wrote (metrics, history, per-class, prediction and
-misclassified CSVs, class counts, the checkpoint and the test images; it runs no model), so
-the same run always gives the same report. Reads params `report`; shows `seed`, `data` and
-`preprocess`, and the model and training recipe as the checkpoint records them.
+Reads only files that earlier stages wrote (metrics, history, per-class, prediction,
+misclassified and calibration CSVs, class counts, the checkpoint, the ONNX file's hash and the
+test images; it runs no model), so the same run always gives the same report. Reads params
+`report`; shows `seed`, `data` and `preprocess`, and the model and training recipe as the
+checkpoint records them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import yaml
 from mnistpipe import figures, processed
 from mnistpipe.checkpoints import Checkpoint, load_checkpoint
 from mnistpipe.cli import run_stage
-from mnistpipe.files import write_bytes_atomic, write_text_atomic
+from mnistpipe.files import sha256_file, write_bytes_atomic, write_text_atomic
+from mnistpipe.model_card import ModelFile, model_card
 from mnistpipe.params import PARAMS_FILE, ReportParams, load_section, read_params
 from mnistpipe.processed import Split
 
@@ -48,6 +51,7 @@ class RunTables:
     misclassified: pd.DataFrame
     predictions: pd.DataFrame  # actual, predicted, confidence of each test image, in order
     class_counts: pd.DataFrame
+    calibration: pd.DataFrame  # reliability bins before and after the temperature
 
     @classmethod
     def read(cls, metrics_dir: Path) -> RunTables:
@@ -62,6 +66,7 @@ class RunTables:
             misclassified=pd.read_csv(metrics_dir / "misclassified.csv"),
             predictions=pd.read_csv(metrics_dir / "predictions.csv"),
             class_counts=pd.read_csv(metrics_dir / "class_counts.csv", index_col="class"),
+            calibration=pd.read_csv(metrics_dir / "calibration.csv"),
         )
 
 
@@ -93,6 +98,7 @@ def figures_of_run(
             test.images[: len(samples)], sample_captions, "Sample test predictions (confidence)"
         ),
         "class_distribution.png": figures.class_distribution(run.class_counts),
+        "reliability.png": figures.reliability_diagram(run.calibration),
     }
 
 
@@ -108,6 +114,8 @@ def report_markdown(
     weakest = per_class.sort_values(["f1", "class"])[: params.weakest_classes]
     lines = [
         f"# Report: {checkpoint.dataset}",
+        "",
+        "The model's uses and limits: [model card](model_card.md).",
         "",
         f"Images: {sizes['train']:,} train, {sizes['val']:,} validation, {sizes['test']:,} test.",
         "",
@@ -129,6 +137,14 @@ def report_markdown(
         pairs.to_markdown(index=False),
         "",
         "![Confusion matrix](confusion_matrix.png)",
+        "",
+        "## Calibration",
+        "",
+        f"Probabilities are softmax(logits / {metrics['temperature']}): the temperature was"
+        " fitted on the validation split. Expected calibration error (15 bins) on the test set:"
+        f" {metrics['ece_uncalibrated']:.4f} before, {metrics['ece_calibrated']:.4f} after.",
+        "",
+        "![Reliability diagram](reliability.png)",
         "",
         "## Training",
         "",
@@ -160,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="folder of metrics files")
     parser.add_argument("--data", type=Path, required=True, help="processed-data folder")
     parser.add_argument("--model", type=Path, required=True, help="checkpoint")
+    parser.add_argument("--onnx", type=Path, required=True, help="exported model (its hash)")
     parser.add_argument("--out", type=Path, required=True, help="report folder to write")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
@@ -167,9 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = read_params(args.params)
     checkpoint = load_checkpoint(args.model)
     run_params = {key: raw[key] for key in RUN_SECTIONS}
-    config = checkpoint.model_config.to_mapping()
-    model = {"name": checkpoint.model_name, checkpoint.model_name: config}
-    run_params |= {"model": model, "train": checkpoint.recorded_recipe()}
+    run_params |= {"model": checkpoint.model_section(), "train": checkpoint.recorded_recipe()}
     run = RunTables.read(args.metrics)
     test = processed.load_split(args.data, "test")
     for name, png in figures_of_run(run, test, checkpoint, params).items():
@@ -177,6 +192,17 @@ def main(argv: list[str] | None = None) -> None:
     sizes = processed.load_meta(args.data).sizes
     markdown = report_markdown(run, sizes, checkpoint, run_params, params)
     write_text_atomic(args.out / "report.md", markdown)
+    files = [
+        ModelFile(str(args.model), sha256_file(args.model), "PyTorch checkpoint"),
+        ModelFile(
+            str(args.onnx),
+            sha256_file(args.onnx),
+            "ONNX, for ONNX Runtime without PyTorch (the DVC artifact `classifier`)",
+        ),
+    ]
+    pairs = confused_pairs(run.confusion, params.confused_pairs)
+    card = model_card(checkpoint, run.metrics, run.per_class, run.class_counts, pairs, files)
+    write_text_atomic(args.out / "model_card.md", card)
 
 
 if __name__ == "__main__":

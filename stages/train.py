@@ -1,8 +1,9 @@
 """Stage `train`: fit the model of `model` with the recipe of `train` on the processed data.
 
 Writes the checkpoint of the epoch with the best validation accuracy (never chosen by test
-accuracy) and a history CSV with one row per epoch (no timings: they differ run to run, and
-the history is a DVC-tracked output). Reads params `seed`, `model` and `train`.
+accuracy), with the temperature that calibrates its probabilities on the validation split, and
+a history CSV with one row per epoch (no timings: they differ run to run, and the history is a
+DVC-tracked output). Reads params `seed`, `model` and `train`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import pandas as pd
 import torch
 
 from mnistpipe import numerics, processed
+from mnistpipe.calibration import fit_temperature
 from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.files import write_text_atomic
-from mnistpipe.models import ModelParams, build_model
+from mnistpipe.models import ModelParams, build_model, predict_logits
 from mnistpipe.params import PARAMS_FILE, load_section, load_seed
 from mnistpipe.training import (
     Data,
@@ -95,7 +97,7 @@ def train(
 
     show_progress = sys.stderr.isatty()
     state, best = fit(model, train_data, val_data, params, seed, record, show_progress)
-    return Checkpoint(
+    checkpoint = Checkpoint(
         model_name=model_params.name,
         model_config=model_params.config,
         recipe=params,
@@ -106,6 +108,16 @@ def train(
         val_accuracy=best.val_accuracy,
         device=str(device),
     )
+    return calibrated(checkpoint, val_data)
+
+
+def calibrated(checkpoint: Checkpoint, val_data: Data) -> Checkpoint:
+    """The checkpoint with the temperature that calibrates its inference model on `val_data`."""
+    model = checkpoint.build().to(val_data.images.device)
+    logits = predict_logits(model, val_data.images, batch_size=1000).numpy()
+    temperature = fit_temperature(logits, val_data.labels.cpu().numpy())
+    log.info("calibration temperature %.4f (fitted on the validation split)", temperature)
+    return dataclasses.replace(checkpoint, temperature=temperature)
 
 
 def main(argv: list[str] | None = None) -> None:

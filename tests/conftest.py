@@ -77,6 +77,7 @@ def synthetic_spec(files: dict[str, bytes]) -> DatasetSpec:
         torchvision_class="MNIST",
         md5={name: md5_hex(files[name]) for name in IDX_FILES},
         classes=tuple(str(digit) for digit in range(10)),
+        description="random noise in MNIST's format, for tests",
     )
 
 

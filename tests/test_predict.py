@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from apps.imaging import ImageError, centre_by_mass, load_grey, prepare, to_mnist
 from mnistpipe.checkpoints import Checkpoint, save_checkpoint
+from mnistpipe.imaging import ImageError, centre_by_mass, load_grey, prepare, to_mnist
 from mnistpipe.models import build_model, predict_logits
 from tests.conftest import RECIPE, REPO, SMALL_CNN
 

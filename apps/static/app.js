@@ -16,6 +16,7 @@ let lastSent = 0;
 let drawn = 0;
 let sent = 0; // the version last sent
 let cleared = 0; // answers for versions before this are stale
+let thing = "digit"; // what the model classifies, from its class names (describeModel)
 
 function clearPad() {
   drawn += 1;
@@ -24,10 +25,32 @@ function clearPad() {
   ink.fillStyle = "#fff";
   ink.fillRect(0, 0, pad.width, pad.height);
   seen.clearRect(0, 0, 28, 28);
-  document.getElementById("digit").textContent = "?";
+  document.getElementById("label").textContent = "?";
   document.getElementById("confidence").textContent = "";
   showBars(null);
-  setStatus("Draw a digit to start.", false);
+  setStatus(`Draw ${article(thing)} ${thing} to start.`, false);
+}
+
+function article(word) {
+  return /^[aeiou]/i.test(word) ? "an" : "a";
+}
+
+// The page speaks of what the served model classifies: digits for MNIST, the class names
+// (from /healthz, i.e. the model file's metadata) for anything else, such as Fashion-MNIST.
+async function describeModel() {
+  const response = await fetch("/healthz");
+  if (!response.ok) return;
+  const health = await response.json();
+  const digits = health.classes.every((name) => /^[0-9]$/.test(name));
+  thing = digits ? "digit" : "item";
+  document.title = `${health.dataset} classifier`;
+  document.getElementById("heading").textContent = `Draw ${article(thing)} ${thing}`;
+  if (!digits) {
+    document.getElementById("hint").textContent =
+      `Draw one of ${health.classes.join(", ")}, with the mouse or a finger. The model ` +
+      "answers as you draw. Or upload a picture of one.";
+  }
+  if (pad.dataset.drawn === cleared.toString()) clearPad(); // nothing drawn yet
 }
 
 function setStatus(text, isError) {
@@ -109,7 +132,7 @@ async function send(blob, name, version) {
 }
 
 function showAnswer(answer) {
-  document.getElementById("digit").textContent = answer.digit;
+  document.getElementById("label").textContent = answer.label;
   document.getElementById("confidence").textContent =
     `${(answer.confidence * 100).toFixed(1)}% sure`;
   setStatus("", false);
@@ -126,15 +149,15 @@ function showBars(probabilities) {
   bars.replaceChildren();
   const entries = Object.entries(probabilities || {});
   const top = Math.max(...entries.map(([, p]) => p));
-  for (const [digit, p] of entries) {
+  for (const [name, p] of entries) {
     const bar = document.createElement("div");
     bar.className = p === top ? "bar top" : "bar";
     bar.style.width = `${Math.max(p * 100, 0.5)}%`;
-    bar.dataset.digit = digit;
+    bar.dataset.label = name;
     const value = document.createElement("span");
     value.textContent = `${(p * 100).toFixed(1)}%`;
     const label = document.createElement("span");
-    label.textContent = digit;
+    label.textContent = name;
     const track = document.createElement("div");
     track.append(bar);
     bars.append(label, track, value);
@@ -149,3 +172,4 @@ document.getElementById("file").addEventListener("change", (event) => {
 });
 
 clearPad();
+describeModel();

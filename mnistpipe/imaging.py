@@ -1,5 +1,7 @@
 """People's digit images turned into MNIST's format, the way MNIST itself was made.
 
+The predict command and the server use it on every image; `evaluate` on the foreign digits.
+
 MNIST digits are light ink on black, fitted into a 20x20 box (aspect kept, anti-aliased) and
 placed in a 28x28 canvas so that their centre of mass is at the centre. A photo or a scan is
 dark ink on light paper, of any size, anywhere on the page: `to_mnist` inverts it when needed,
@@ -143,3 +145,21 @@ def _named(name: str, convert: Callable[[], np.ndarray]) -> np.ndarray:
     except ImageError as exc:  # same class, message prefixed with the file's name
         message = str(exc)
         raise type(exc)(message if message.startswith(name) else f"{name}: {message}") from None
+
+
+def foreign_digit_pages(count: int = 500, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Digits from outside MNIST, as a person would photograph them: scikit-learn's 8x8
+    handwritten digits (another set of writers and scanner, bundled with scikit-learn), as dark
+    ink on a 200x160 light page at random offsets. Returns the pages and their labels."""
+    from sklearn.datasets import load_digits  # only evaluate and the benchmark need it
+
+    digits, rng = load_digits(), np.random.default_rng(seed)
+    pages = []
+    for image in digits.images[:count]:
+        ink = Image.fromarray(np.uint8(image / 16 * 255))
+        ink = ink.resize((64, 64), Image.Resampling.BILINEAR)
+        page = np.full((160, 200), 235.0, dtype=np.float32)
+        top, left = rng.integers(0, 160 - 64), rng.integers(0, 200 - 64)
+        page[top : top + 64, left : left + 64] -= np.asarray(ink, np.float32) / 255 * 200
+        pages.append(page)
+    return pages, digits.target[:count]

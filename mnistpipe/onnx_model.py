@@ -1,0 +1,177 @@
+"""The deployable model file, `models/model.onnx`: what `export` writes and the apps run.
+
+The graph is the whole classifier, normalization and calibration included:
+  input  `images`         (batch, 28, 28) uint8, MNIST-style (light ink on black, 0-255)
+  output `logits`         (batch, classes) float32, uncalibrated (what PyTorch computes)
+  output `probabilities`  (batch, classes) float32, softmax(logits / temperature)
+uint8 in, because it is what every image decoder gives and what the pipeline stores: no client
+has to know the scaling. The ONNX metadata (string key -> string value) says where the model
+came from (METADATA). This module runs it on ONNX Runtime and never imports torch, so the
+predict command and the server start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from mnistpipe.errors import PipelineError
+
+ONNX_FORMAT = "1"  # the `format` metadata value: bumped when the graph's contract changes
+INPUT, LOGITS, PROBABILITIES = "images", "logits", "probabilities"
+IMAGE_SIZE = 28  # pixels each way, as idx.IMAGE_SHAPE (idx imports torch-free numpy only)
+BATCH_SIZE = 100  # images per run: 64-100 gave the most images/s on 2 cores (benchmarks/)
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What the ONNX file says about itself, beside the graph."""
+
+    dataset: str
+    classes: tuple[str, ...]  # class index -> name
+    temperature: float  # fitted on the validation split; already inside `probabilities`
+    checkpoint_sha256: str  # of the checkpoint it was exported from
+    model: dict[str, Any]  # {"name": n, n: config}, as params.yaml's `model` section
+    epoch: int
+    val_accuracy: float
+
+    def to_props(self) -> dict[str, str]:
+        return {
+            "format": ONNX_FORMAT,
+            "dataset": self.dataset,
+            "classes": json.dumps(list(self.classes)),
+            "temperature": repr(self.temperature),
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "model": json.dumps(self.model, sort_keys=True),
+            "epoch": str(self.epoch),
+            "val_accuracy": repr(self.val_accuracy),
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], path: Path) -> Metadata:
+        if props.get("format") != ONNX_FORMAT:
+            raise PipelineError(
+                f"{path}: not a model exported by this pipeline (metadata format"
+                f" {props.get('format')!r}, expected {ONNX_FORMAT!r}); rerun the export stage"
+            )
+        try:
+            classes = tuple(str(name) for name in json.loads(props["classes"]))
+            return cls(
+                dataset=props["dataset"],
+                classes=classes,
+                temperature=float(props["temperature"]),
+                checkpoint_sha256=props["checkpoint_sha256"],
+                model=json.loads(props["model"]),
+                epoch=int(props["epoch"]),
+                val_accuracy=float(props["val_accuracy"]),
+            )
+        except KeyError as exc:
+            raise PipelineError(f"{path}: metadata key {exc} missing") from None
+        except (TypeError, ValueError) as exc:
+            raise PipelineError(f"{path}: unreadable metadata ({exc})") from None
+
+
+def finish(model: onnx.ModelProto, metadata: Metadata) -> bytes:
+    """The file's bytes: `model` with `metadata`, less the exporter's debugging annotations
+    (stack traces with this checkout's absolute paths, which would make the bytes depend on
+    where the repository lies)."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        del value.metadata_props[:]
+    del model.graph.metadata_props[:]
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, metadata.to_props())
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString(deterministic=True)
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """ONNX Runtime's settings that measured fastest for this model on 2 cores: every graph
+    optimization (ENABLE_ALL's NCHWc layout gave 2x over EXTENDED) and denormals as zero."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads  # 0: ONNX Runtime's choice, one per physical core
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    options.log_severity_level = 3  # errors only: warnings would go to people's terminals
+    return options
+
+
+@dataclass(frozen=True)
+class OnnxClassifier:
+    """An exported model, loaded once, ready for `classify`."""
+
+    path: Path
+    session: ort.InferenceSession
+    metadata: Metadata
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.metadata.classes
+
+    def run(self, images: np.ndarray, output: str = PROBABILITIES) -> np.ndarray:
+        """(N, 28, 28) uint8 images -> (N, classes) float32 of `output`, BATCH_SIZE at a time."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        parts = [
+            self.session.run([output], {INPUT: images[start : start + BATCH_SIZE]})[0]
+            for start in range(0, len(images), BATCH_SIZE)
+        ]
+        return np.concatenate(parts) if parts else np.empty((0, len(self.classes)), np.float32)
+
+
+def classify(model: OnnxClassifier, images: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) uint8 MNIST-style images -> (N, classes) calibrated probabilities: the one
+    inference function of the predict command, the server and the benchmark."""
+    return model.run(images, PROBABILITIES)
+
+
+def load_onnx(source: str | Path, data: bytes | None = None, threads: int = 0) -> OnnxClassifier:
+    """Open an exported model (from `data` if given, named `source` in errors) and check that it
+    keeps the contract above: one-line errors name the file."""
+    path = Path(source)
+    try:
+        content = data if data is not None else path.read_bytes()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: model not found; run the export stage") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a folder, not an ONNX model") from None
+    try:
+        session = ort.InferenceSession(content, session_options(threads), ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types for damaged files
+        reason = " ".join(str(exc).split())[:200]
+        raise PipelineError(f"{path}: not a readable ONNX model ({reason})") from None
+    metadata = Metadata.from_props(session.get_modelmeta().custom_metadata_map, path)
+    check_signature(session, len(metadata.classes), path)
+    return OnnxClassifier(path, session, metadata)
+
+
+def check_signature(session: ort.InferenceSession, classes: int, path: Path) -> None:
+    """The graph's inputs and outputs must be those of the module docstring."""
+    inputs = {arg.name: arg for arg in session.get_inputs()}
+    outputs = {arg.name: arg for arg in session.get_outputs()}
+    expected_in = f"{INPUT} (batch, {IMAGE_SIZE}, {IMAGE_SIZE}) uint8"
+    image = inputs.get(INPUT)
+    if (
+        len(inputs) != 1
+        or image is None
+        or image.type != "tensor(uint8)"
+        or len(image.shape) != 3
+        or isinstance(image.shape[0], int)  # the batch axis must be dynamic
+        or image.shape[1:] != [IMAGE_SIZE, IMAGE_SIZE]
+    ):
+        found = ", ".join(f"{a.name} {a.shape} {a.type}" for a in inputs.values())
+        raise PipelineError(f"{path}: input must be {expected_in}, found {found}")
+    for name in (LOGITS, PROBABILITIES):
+        out = outputs.get(name)
+        if out is None or out.type != "tensor(float)" or out.shape[1:] != [classes]:
+            found = f"{out.shape} {out.type}" if out else "none"
+            raise PipelineError(
+                f"{path}: output {name} must be (batch, {classes}) float32 for the"
+                f" {classes} classes of its metadata, found {found}"
+            )
