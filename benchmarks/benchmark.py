@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,19 +143,6 @@ def foreign_accuracy(model: torch.nn.Module) -> tuple[float, float]:
     return accuracies[0], accuracies[1]
 
 
-def predict_latency(model_path: Path, workdir: Path, runs: int = 3) -> float:
-    """Median wall seconds of `python -m apps.predict` on one PNG, start-up included."""
-    image = workdir / "digit.png"
-    Image.fromarray(np.uint8(foreign_digit_pages(1)[0][0])).save(image)
-    command = [sys.executable, "-m", "apps.predict", str(image), "--model", str(model_path)]
-    seconds = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        seconds.append(time.perf_counter() - started)
-    return round(statistics.median(seconds), 2)
-
-
 def benchmark(name: str, data_dir: Path, quick: bool, numerics: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         workdir = Path(folder)
@@ -170,7 +156,6 @@ def benchmark(name: str, data_dir: Path, quick: bool, numerics: str | None = Non
         logits, infer = timed_logits(model, images)
         metrics = summary_metrics(test.labels.astype("int64"), logits)
         foreign = (None, None) if quick else foreign_accuracy(model)
-        latency = predict_latency(model_path, workdir, runs=1 if quick else 3)
     train_images = processed.load_meta(data_dir).sizes["train"] * len(history)
     epochs_s = float(history["seconds"].sum())
     return {
@@ -185,7 +170,6 @@ def benchmark(name: str, data_dir: Path, quick: bool, numerics: str | None = Non
         "time_to_val_99.5_s": first_epoch_time(history, 0.995),
         "train_images_per_s": round(train_images / epochs_s),
         "inference_images_per_s": round(infer),
-        "predict_one_image_s": latency,
         "peak_rss_mb": round(rss_mb),
         "foreign_digits_accuracy": foreign[0],
         "foreign_digits_resize_only": foreign[1],
@@ -257,7 +241,7 @@ def dvc_overhead(repo: Path) -> dict[str, float]:
 def serve_load(model: Path, data_dir: Path) -> dict:
     """p50/p95 latency of 200 requests from 8 concurrent clients on loopback."""
     payloads = load_test.mnist_payloads(data_dir)
-    expected = load_test.expected_digits(model, payloads)
+    expected = load_test.expected_labels(model, payloads)
     with load_test.running_server(model) as url:
         result = load_test.run_load(url, payloads, expected, requests=200, clients=8)
     if result.correct != result.requests:
@@ -301,7 +285,7 @@ def main() -> None:
     )
     parser.add_argument("--dvc", action="store_true", help="also time dvc repro and exp run")
     parser.add_argument(
-        "--serve", action="store_true", help="also load-test apps.serve with models/model.pt"
+        "--serve", action="store_true", help="also load-test apps.serve with models/model.onnx"
     )
     args = parser.parse_args()
     known = recipes()
@@ -324,7 +308,7 @@ def main() -> None:
     serve = None
     if args.serve:
         print("benchmark: 200 requests from 8 clients to apps.serve", file=sys.stderr)
-        serve = serve_load(Path("models/model.pt"), args.data)
+        serve = serve_load(Path("models/model.onnx"), args.data)
     results = {
         "machine": machine(),
         "quick": args.quick,

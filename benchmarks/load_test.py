@@ -6,7 +6,7 @@ Without `--url` it starts `python -m apps.serve` for `--model` on a free port it
 `python -m benchmarks.benchmark --serve` runs it and records p50/p95 in the results.
 
 Sends MNIST test digits (drawn dark on a light page, as a person's photo would be) to
-`POST /api/predict` and checks every answer against the digit the same model gives in this
+`POST /api/predict` and checks every answer against the label the same model gives in this
 process, so "correct" means "what the pipeline's predict command would say".
 """
 
@@ -34,9 +34,8 @@ import numpy as np
 from PIL import Image
 
 from mnistpipe import processed
-from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.imaging import prepare_bytes
-from mnistpipe.models import predict_probabilities
+from mnistpipe.onnx_model import classify, load_onnx
 
 REPO = Path(__file__).resolve().parents[1]  # where `python -m apps.serve` runs
 
@@ -81,7 +80,7 @@ def run_load(
         seconds = time.perf_counter() - started
         if response.status_code != 200:
             return seconds, False, True
-        return seconds, response.json()["digit"] == expected[index % len(expected)], False
+        return seconds, response.json()["label"] == expected[index % len(expected)], False
 
     def worker(indices: range) -> list[tuple[float, bool, bool]]:
         with httpx2.Client(timeout=timeout_s) as client:
@@ -150,12 +149,11 @@ def wait_until_up(url: str, process: subprocess.Popen, log: IO[str], timeout_s: 
             time.sleep(0.2)
 
 
-def expected_digits(model_path: Path, payloads: list[bytes]) -> list[str]:
+def expected_labels(model_path: Path, payloads: list[bytes]) -> list[str]:
     """What the predict command's code says for each payload, computed in this process."""
-    checkpoint = load_checkpoint(model_path)
+    model = load_onnx(model_path)
     images = np.stack([prepare_bytes(body, "payload") for body in payloads])
-    probabilities = predict_probabilities(checkpoint.build(), images)
-    return [checkpoint.classes[int(i)] for i in probabilities.argmax(1)]
+    return [model.classes[int(i)] for i in classify(model, images).argmax(1)]
 
 
 def mnist_payloads(data_dir: Path, count: int = 50) -> list[bytes]:
@@ -166,13 +164,13 @@ def mnist_payloads(data_dir: Path, count: int = 50) -> list[bytes]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", help="a running server (default: start one)")
-    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--model", type=Path, default=Path("models/model.onnx"))
     parser.add_argument("--data", type=Path, default=Path("data/processed"))
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
     payloads = mnist_payloads(args.data)
-    expected = expected_digits(args.model, payloads)
+    expected = expected_labels(args.model, payloads)
     if args.url:
         result = run_load(args.url, payloads, expected, args.requests, args.clients)
     else:

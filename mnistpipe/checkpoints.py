@@ -69,11 +69,15 @@ def require_same_dataset(
     checkpoint: Checkpoint, meta: Meta, model_path: Path, data_path: Path
 ) -> None:
     """A model is only scored or checked on the dataset (and classes) it was trained on."""
-    if (meta.dataset, meta.classes) != (checkpoint.dataset, checkpoint.classes):
-        raise PipelineError(
-            f"{data_path} holds {meta.dataset} but {model_path} was trained on"
-            f" {checkpoint.dataset}; rerun the pipeline (dvc repro)"
-        )
+    if (meta.dataset, meta.classes) == (checkpoint.dataset, checkpoint.classes):
+        return
+    ours, theirs = meta.dataset, checkpoint.dataset
+    if ours == theirs:  # same name, other classes: say which
+        ours, theirs = f"classes {list(meta.classes)}", f"classes {list(checkpoint.classes)}"
+    raise PipelineError(
+        f"{data_path} holds {ours} but {model_path} was trained on {theirs};"
+        " rerun the pipeline (dvc repro)"
+    )
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:

@@ -61,13 +61,15 @@ class Metadata:
                 f" {props.get('format')!r}, expected {ONNX_FORMAT!r}); rerun the export stage"
             )
         try:
-            classes = tuple(str(name) for name in json.loads(props["classes"]))
+            classes, model = json.loads(props["classes"]), json.loads(props["model"])
+            if not isinstance(classes, list) or not isinstance(model, dict):
+                raise ValueError("classes must be a JSON list and model a JSON object")
             return cls(
                 dataset=props["dataset"],
-                classes=classes,
+                classes=tuple(str(name) for name in classes),
                 temperature=float(props["temperature"]),
                 checkpoint_sha256=props["checkpoint_sha256"],
-                model=json.loads(props["model"]),
+                model=model,
                 epoch=int(props["epoch"]),
                 val_accuracy=float(props["val_accuracy"]),
             )
@@ -115,20 +117,24 @@ class OnnxClassifier:
     def classes(self) -> tuple[str, ...]:
         return self.metadata.classes
 
-    def run(self, images: np.ndarray, output: str = PROBABILITIES) -> np.ndarray:
-        """(N, 28, 28) uint8 images -> (N, classes) float32 of `output`, BATCH_SIZE at a time."""
+    def run(
+        self, images: np.ndarray, output: str = PROBABILITIES, batch_size: int = BATCH_SIZE
+    ) -> np.ndarray:
+        """(N, 28, 28) uint8 images -> (N, classes) float32 of `output`, in batches."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
         parts = [
-            self.session.run([output], {INPUT: images[start : start + BATCH_SIZE]})[0]
-            for start in range(0, len(images), BATCH_SIZE)
+            self.session.run([output], {INPUT: images[start : start + batch_size]})[0]
+            for start in range(0, len(images), batch_size)
         ]
         return np.concatenate(parts) if parts else np.empty((0, len(self.classes)), np.float32)
 
 
-def classify(model: OnnxClassifier, images: np.ndarray) -> np.ndarray:
+def classify(
+    model: OnnxClassifier, images: np.ndarray, batch_size: int = BATCH_SIZE
+) -> np.ndarray:
     """(N, 28, 28) uint8 MNIST-style images -> (N, classes) calibrated probabilities: the one
     inference function of the predict command, the server and the benchmark."""
-    return model.run(images, PROBABILITIES)
+    return model.run(images, PROBABILITIES, batch_size)
 
 
 def load_onnx(source: str | Path, data: bytes | None = None, threads: int = 0) -> OnnxClassifier:
@@ -141,6 +147,8 @@ def load_onnx(source: str | Path, data: bytes | None = None, threads: int = 0) -
         raise PipelineError(f"{path}: model not found; run the export stage") from None
     except IsADirectoryError:
         raise PipelineError(f"{path}: is a folder, not an ONNX model") from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         session = ort.InferenceSession(content, session_options(threads), ["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types for damaged files
@@ -169,7 +177,13 @@ def check_signature(session: ort.InferenceSession, classes: int, path: Path) -> 
         raise PipelineError(f"{path}: input must be {expected_in}, found {found}")
     for name in (LOGITS, PROBABILITIES):
         out = outputs.get(name)
-        if out is None or out.type != "tensor(float)" or out.shape[1:] != [classes]:
+        if (
+            out is None
+            or out.type != "tensor(float)"
+            or len(out.shape) != 2
+            or isinstance(out.shape[0], int)  # as dynamic as the input's
+            or out.shape[1] != classes
+        ):
             found = f"{out.shape} {out.type}" if out else "none"
             raise PipelineError(
                 f"{path}: output {name} must be (batch, {classes}) float32 for the"

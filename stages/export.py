@@ -64,6 +64,20 @@ def export_graph(checkpoint: Checkpoint, opset: int) -> onnx.ModelProto:
     return program.model_proto
 
 
+def export_bytes(checkpoint: Checkpoint, checkpoint_sha256: str, opset: int) -> bytes:
+    """The ONNX file of `checkpoint` (whose file has hash `checkpoint_sha256`), unchecked."""
+    metadata = Metadata(
+        dataset=checkpoint.dataset,
+        classes=checkpoint.classes,
+        temperature=checkpoint.temperature,
+        checkpoint_sha256=checkpoint_sha256,
+        model=checkpoint.model_section(),
+        epoch=checkpoint.epoch,
+        val_accuracy=checkpoint.val_accuracy,
+    )
+    return finish(export_graph(checkpoint, opset), metadata)
+
+
 def largest_difference(
     onnx_bytes: bytes, checkpoint: Checkpoint, images: np.ndarray, name: str
 ) -> tuple[float, int]:
@@ -88,16 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_section(ExportParams, args.params)
     checkpoint = load_checkpoint(args.model)
     require_same_dataset(checkpoint, processed.load_meta(args.data), args.model, args.data)
-    metadata = Metadata(
-        dataset=checkpoint.dataset,
-        classes=checkpoint.classes,
-        temperature=checkpoint.temperature,
-        checkpoint_sha256=sha256_file(args.model),
-        model=checkpoint.model_section(),
-        epoch=checkpoint.epoch,
-        val_accuracy=checkpoint.val_accuracy,
-    )
-    onnx_bytes = finish(export_graph(checkpoint, params.opset), metadata)
+    onnx_bytes = export_bytes(checkpoint, sha256_file(args.model), params.opset)
     val = processed.load_split(args.data, "val")
     difference, differing = largest_difference(onnx_bytes, checkpoint, val.images, str(args.out))
     if difference >= params.tolerance or differing:

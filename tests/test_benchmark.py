@@ -17,7 +17,6 @@ NUMBERS = [
     "epochs_s",
     "train_images_per_s",
     "inference_images_per_s",
-    "predict_one_image_s",
     "peak_rss_mb",
 ]
 

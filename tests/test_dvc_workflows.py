@@ -6,22 +6,26 @@ copy of it.
 """
 
 import hashlib
+import io
 import json
 import re
 import subprocess
+import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from mnistpipe import processed
 from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.datasets import DATASETS
-from tests.conftest import edit_config, run
+from tests.conftest import REPO, edit_config, run
 
 pytestmark = pytest.mark.slow  # the real dvc CLI on a real (tiny) run, download included
 
-STAGES = ("download", "preprocess", "train", "evaluate", "report")
+STAGES = ("download", "preprocess", "train", "export", "evaluate", "report")
 
 
 def ran(result: subprocess.CompletedProcess) -> set[str]:
@@ -57,6 +61,54 @@ def test_the_first_run_downloads_verified_mnist_and_runs_every_stage(pipeline_ba
     assert row.split("|")[2].strip() == str(metrics["misclassified"])
 
 
+def test_predict_on_onnx_runtime_agrees_with_evaluate_on_test_images_as_png(
+    pipeline_baseline, tmp_path
+):
+    """The exported model, run by the predict command on test images saved as PNG files,
+    gives evaluate's class and calibrated confidence for each (evaluate runs PyTorch)."""
+    repo, _ = pipeline_baseline
+    count = 300
+    images = processed.load_split(repo / "data" / "processed", "test").images[:count]
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{index:04d}.png")
+    model = repo / "models" / "model.onnx"
+    command = [sys.executable, "-m", "apps.predict", str(tmp_path), "--model", str(model)]
+    result = run([*command, "--format", "csv"], REPO)
+    ours = pd.read_csv(io.StringIO(result.stdout), dtype={"label": str})
+    theirs = pd.read_csv(repo / "metrics" / "predictions.csv")[:count]
+    assert ours["path"].tolist() == [str(tmp_path / f"{i:04d}.png") for i in range(count)]
+    assert ours["label"].tolist() == theirs["predicted"].astype(str).tolist()
+    np.testing.assert_allclose(ours["confidence"], theirs["confidence"], atol=1e-4)
+
+
+def test_evaluate_reports_calibration_and_the_report_a_model_card(pipeline_baseline):
+    repo, _ = pipeline_baseline
+    metrics = json.loads((repo / "metrics" / "metrics.json").read_text())
+    checkpoint = load_checkpoint(repo / "models" / "model.pt")
+    assert metrics["temperature"] == checkpoint.temperature != 1.0
+    assert metrics["ece_calibrated"] < metrics["ece_uncalibrated"]
+    assert metrics["loss_calibrated"] < metrics["loss"]
+    assert 0.5 < metrics["foreign_digits_accuracy"] <= 1.0
+    bins = pd.read_csv(repo / "metrics" / "calibration.csv")
+    assert bins.groupby("probabilities")["images"].sum().to_dict() == {
+        "calibrated": 10000,
+        "uncalibrated": 10000,
+    }
+    card = (repo / "reports" / "model_card.md").read_text()
+    assert f"T = {metrics['temperature']}" in card and "## Foreign inputs" in card
+
+
+def test_the_model_is_a_dvc_artifact_that_other_projects_get(pipeline_baseline, tmp_path):
+    repo, _ = pipeline_baseline
+    model = (repo / "models" / "model.onnx").read_bytes()
+    listed = run(["dvc", "ls", str(repo), "models", "--json"], tmp_path)
+    assert "model.onnx" in {entry["path"] for entry in json.loads(listed.stdout)}
+    run(["dvc", "artifacts", "get", str(repo), "classifier", "-o", "artifact.onnx"], tmp_path)
+    assert (tmp_path / "artifact.onnx").read_bytes() == model
+    run(["dvc", "get", str(repo), "models/model.onnx", "-o", "got.onnx"], tmp_path)
+    assert (tmp_path / "got.onnx").read_bytes() == model
+
+
 def test_repro_twice_does_nothing_the_second_time(pipeline_repo):
     again = run(["dvc", "repro"], pipeline_repo)
     assert ran(again) == set()
@@ -67,7 +119,7 @@ def test_repro_twice_does_nothing_the_second_time(pipeline_repo):
 def test_train_params_rerun_train_onwards_and_show_in_the_diffs(pipeline_repo):
     before = json.loads((pipeline_repo / "metrics" / "metrics.json").read_text())
     experiment = run(["dvc", "exp", "run", "-S", "train.epochs=2"], pipeline_repo)
-    assert ran(experiment) == {"train", "evaluate", "report"}
+    assert ran(experiment) == {"train", "export", "evaluate", "report"}
 
     metrics = json.loads(run(["dvc", "metrics", "diff", "--json"], pipeline_repo).stdout)
     accuracy = metrics["metrics/metrics.json"]["accuracy"]
@@ -101,7 +153,7 @@ def test_a_recipe_is_one_flag_and_dvc_shows_what_it_trained(pipeline_repo):
     edit_config(pipeline_repo, {"  epochs: 1\n": "  epochs: 2\n"})  # the fast recipe has 1
     run(["git", "commit", "-qam", "two epochs"], pipeline_repo)
     experiment = run(["dvc", "exp", "run", "-S", "recipe=fast", "-n", "fast"], pipeline_repo)
-    assert ran(experiment) == {"train", "evaluate", "report"}
+    assert ran(experiment) == {"train", "export", "evaluate", "report"}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], pipeline_repo).stdout)
     runs = {
         exp["name"]: exp["revs"][0]["data"]

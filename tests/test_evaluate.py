@@ -80,10 +80,10 @@ def test_misclassified_rows_hold_the_top_two_classes():
             [0.0, 0, 1, 0, 0, 0, 0, 0, 0, 4],
         ]
     )
-    table = misclassified_table(labels, logits)
+    probabilities = torch.softmax(logits, 1)
+    table = misclassified_table(labels, probabilities.numpy())
     assert table["index"].tolist() == [1, 2]
     assert table["predicted"].tolist() == [3, 9] and table["second"].tolist() == [4, 2]
-    probabilities = torch.softmax(logits, 1)
     assert table["confidence"].iloc[0] == pytest.approx(probabilities[1, 3].item(), abs=1e-6)
     assert table["second_confidence"].iloc[1] == pytest.approx(
         probabilities[2, 2].item(), abs=1e-6

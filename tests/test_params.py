@@ -11,6 +11,7 @@ from mnistpipe.params import (
     DataParams,
     DownloadParams,
     EvaluateParams,
+    ExportParams,
     PreprocessParams,
     ReportParams,
     Section,
@@ -28,6 +29,7 @@ SECTIONS = (
     PreprocessParams,
     ModelParams,
     TrainParams,
+    ExportParams,
     EvaluateParams,
     ReportParams,
     ServeParams,
@@ -69,6 +71,9 @@ train:
   device: auto
   threads: 0
   numerics: portable
+export:
+  opset: 18
+  tolerance: 1.0e-5
 evaluate:
   batch_size: 500
   device: cpu
@@ -109,6 +114,7 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
     assert train.weight_decay == 0.0 and isinstance(train.weight_decay, float)
     model = load_section(ModelParams, path)
     assert model.config == CNNConfig(channels=(8, 16), convs=(1, 2), dropout=0.1)
+    assert load_section(ExportParams, path) == ExportParams(opset=18, tolerance=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -145,6 +151,9 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
         ("device: cpu", "device: cuda:x", "evaluate.device: must be auto, cpu, cuda or cuda:N"),
         ("threads: 0", "threads: -2", "train.threads: must be 0 (all cores)"),
         ("batch_size: 500", "batch_size: 0", "evaluate.batch_size: must be at least 1"),
+        ("opset: 18", "opset: 17", "export.opset: must be at least 18, got 17"),
+        ("opset: 18", "opset: 24", "export.opset: must be at most 23, got 24"),
+        ("tolerance: 1.0e-5", "tolerance: 0.0", "export.tolerance: must be positive, got 0.0"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key(tmp_path, old, new, message):

@@ -10,8 +10,11 @@ import torch
 from PIL import Image
 
 from mnistpipe.checkpoints import Checkpoint, save_checkpoint
+from mnistpipe.datasets import DATASETS
+from mnistpipe.files import sha256_file, write_bytes_atomic
 from mnistpipe.imaging import ImageError, centre_by_mass, load_grey, prepare, to_mnist
 from mnistpipe.models import build_model, predict_logits
+from stages.export import export_bytes
 from tests.conftest import RECIPE, REPO, SMALL_CNN
 
 
@@ -97,16 +100,28 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, side):
         load_grey(tmp_path / "bomb.png")
 
 
-@pytest.fixture
-def checkpoint_file(tmp_path):
+def exported(folder, dataset: str = "mnist", temperature: float = 1.7):
+    """(ONNX path, checkpoint) of a random small CNN, as the export stage writes it."""
     torch.manual_seed(0)
     model = build_model("cnn", SMALL_CNN, mean=0.13, std=0.31)
+    classes = DATASETS[dataset].classes
     checkpoint = Checkpoint(
-        "cnn", SMALL_CNN, RECIPE, model.state_dict(), "mnist", tuple("0123456789"), 1, 0.5
+        "cnn", SMALL_CNN, RECIPE, model.state_dict(), dataset, classes, 1, 0.5, temperature
     )
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, checkpoint)
-    return path, checkpoint
+    save_checkpoint(folder / "model.pt", checkpoint)
+    onnx_bytes = export_bytes(checkpoint, sha256_file(folder / "model.pt"), opset=20)
+    write_bytes_atomic(folder / "model.onnx", onnx_bytes)
+    return folder / "model.onnx", checkpoint
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return exported(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def fashion_model_file(tmp_path_factory):
+    return exported(tmp_path_factory.mktemp("fashion"), "fashion-mnist")
 
 
 def predict(*args):
@@ -114,8 +129,10 @@ def predict(*args):
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
 
 
-def test_predict_round_trips_mnist_images_saved_as_png(tmp_path, checkpoint_file):
-    model_path, checkpoint = checkpoint_file
+def test_predict_round_trips_mnist_images_saved_as_png(tmp_path, model_file):
+    """ONNX Runtime through the predict command gives PyTorch's classes and calibrated
+    probabilities (softmax of logits / temperature) for MNIST images saved as PNG."""
+    model_path, checkpoint = model_file
     rng = np.random.default_rng(0)
     images = np.zeros((40, 28, 28), dtype=np.uint8)
     images[:, 4:24, 4:24] = rng.integers(0, 256, (40, 20, 20), dtype=np.uint8)
@@ -127,15 +144,42 @@ def test_predict_round_trips_mnist_images_saved_as_png(tmp_path, checkpoint_file
     result = predict(tmp_path / "pngs", "--model", model_path, "--format", "csv")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "path,digit,confidence"
-    digits = [int(line.split(",")[1]) for line in lines[1:]]
-    assert digits == logits.argmax(1).tolist()
+    assert lines[0] == "path,label,confidence"
+    labels = [int(line.split(",")[1]) for line in lines[1:]]
+    assert labels == logits.argmax(1).tolist()
     confidences = [float(line.split(",")[2]) for line in lines[1:]]
-    np.testing.assert_allclose(confidences, torch.softmax(logits, 1).max(1).values, atol=1e-4)
+    calibrated = torch.softmax(logits / checkpoint.temperature, 1).max(1).values
+    np.testing.assert_allclose(confidences, calibrated, atol=1e-4)
+    uncalibrated = torch.softmax(logits, 1).max(1).values
+    assert np.abs(np.array(confidences) - uncalibrated.numpy()).max() > 1e-3  # T applied
 
 
-def test_predict_json_and_table_formats(tmp_path, checkpoint_file):
-    model_path, _ = checkpoint_file
+def test_predict_never_imports_torch(tmp_path, model_file):
+    """The predict command's whole process runs with torch made unimportable."""
+    model_path, _ = model_file
+    block_on_paper().save(tmp_path / "a.png")
+    blocker = (
+        "import sys, runpy\n"
+        "class Refuse:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch imported by the predict command: ' + name)\n"
+        "sys.meta_path.insert(0, Refuse())\n"
+        f"sys.argv = ['predict', {str(tmp_path / 'a.png')!r}, '--model', {str(model_path)!r}]\n"
+        "try:\n"
+        "    runpy.run_module('apps.predict', run_name='__main__')\n"
+        "finally:\n"
+        "    assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch loaded'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocker], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].startswith(str(tmp_path / "a.png"))
+
+
+def test_predict_json_and_table_formats(tmp_path, model_file):
+    model_path, _ = model_file
     block_on_paper().save(tmp_path / "a.png")
     block_on_paper(alpha=True).save(tmp_path / "b.gif")
     result = predict(
@@ -151,11 +195,27 @@ def test_predict_json_and_table_formats(tmp_path, checkpoint_file):
         assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert record["confidence"] == max(record["probabilities"].values())
     table = predict(tmp_path / "a.png", "--model", model_path).stdout.splitlines()
-    assert table[0].split() == ["path", "digit", "confidence"] and len(table) == 2
+    assert table[0].split() == ["path", "label", "confidence"] and len(table) == 2
 
 
-def test_bad_files_get_an_error_line_and_the_rest_are_predicted(tmp_path, checkpoint_file):
-    model_path, _ = checkpoint_file
+def test_predict_names_the_classes_of_a_fashion_mnist_model(tmp_path, fashion_model_file):
+    model_path, checkpoint = fashion_model_file
+    block_on_paper().save(tmp_path / "a.png")
+    image = prepare(tmp_path / "a.png")[None]
+    expected = checkpoint.classes[
+        int(predict_logits(checkpoint.build(), torch.from_numpy(image), 1).argmax())
+    ]
+    result = predict(tmp_path / "a.png", "--model", model_path, "--format", "json")
+    record = json.loads(result.stdout)
+    assert record["label"] == expected
+    assert list(record["probabilities"]) == list(DATASETS["fashion-mnist"].classes)
+    table = predict(tmp_path / "a.png", "--model", model_path).stdout.splitlines()
+    confidence = f"{record['confidence']:.4f}"
+    assert table[1].split() == [str(tmp_path / "a.png"), *expected.split(), confidence]
+
+
+def test_bad_files_get_an_error_line_and_the_rest_are_predicted(tmp_path, model_file):
+    model_path, _ = model_file
     block_on_paper().save(tmp_path / "good.png")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.tif").write_text("hello")
@@ -171,11 +231,20 @@ def test_bad_files_get_an_error_line_and_the_rest_are_predicted(tmp_path, checkp
     assert "Traceback" not in result.stderr
 
 
-def test_predict_without_a_model_is_one_clear_line(tmp_path):
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (None, "model not found; run the export stage"),
+        (lambda data: b"not a model at all", "not a readable ONNX model"),
+        (lambda data: data[: len(data) // 2], "not a readable ONNX model"),
+    ],
+)
+def test_a_missing_or_damaged_model_is_one_clear_line(tmp_path, model_file, damage, message):
     block_on_paper().save(tmp_path / "a.png")
-    result = predict(tmp_path / "a.png", "--model", tmp_path / "none.pt")
+    path = tmp_path / "model.onnx"
+    if damage is not None:
+        path.write_bytes(damage(model_file[0].read_bytes()))
+    result = predict(tmp_path / "a.png", "--model", path)
     assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        == f"predict: error: {tmp_path / 'none.pt'}: checkpoint not found; run the train stage"
-    )
+    assert result.stderr.startswith(f"predict: error: {path}: {message}")
+    assert len(result.stderr.strip().splitlines()) == 1

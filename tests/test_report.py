@@ -1,5 +1,7 @@
 """The report stage on a small run made by the real stages."""
 
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -16,6 +18,7 @@ FIGURES = (
     "misclassified.png",
     "samples.png",
     "class_distribution.png",
+    "reliability.png",
 )
 
 
@@ -40,6 +43,7 @@ def report(tmp_path, out, chain, params):
         "per-class": "per_class.csv",
         "misclassified": "misclassified.csv",
         "predictions": "predictions.csv",
+        "calibration": "calibration.csv",
     }
     for name, path in chain[1].items():
         if name in names:
@@ -56,6 +60,8 @@ def report(tmp_path, out, chain, params):
         chain[0] / "processed",
         "--model",
         chain[0] / "model.pt",
+        "--onnx",
+        chain[0] / "model.onnx",
         "--out",
         out,
         "--params",
@@ -74,7 +80,7 @@ def test_report_has_every_figure_and_is_deterministic(tmp_path, raw_dir):
         assert result.returncode == 0, result.stderr
         outputs.append({path.name: path.read_bytes() for path in (tmp_path / name).iterdir()})
     assert outputs[0] == outputs[1]
-    assert set(outputs[0]) == {"report.md", *FIGURES}
+    assert set(outputs[0]) == {"report.md", "model_card.md", *FIGURES}
     for figure in FIGURES:
         assert outputs[0][figure].startswith(b"\x89PNG\r\n\x1a\n")
     markdown = outputs[0]["report.md"].decode()
@@ -84,11 +90,32 @@ def test_report_has_every_figure_and_is_deterministic(tmp_path, raw_dir):
         "## Test metrics",
         "## Per class",
         "## Most confused pairs",
+        "## Calibration",
         "## Params of the run",
         "Weakest classes by F1",
     ):
         assert heading in markdown
     assert "Images: 160 train, 40 validation, 50 test." in markdown
+    card = outputs[0]["model_card.md"].decode()
+    headings = [line for line in card.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Model details",
+        "## Intended use",
+        "## Out-of-scope uses",
+        "## Training data",
+        "## Metrics (test set)",
+        "## Calibration",
+        "## Foreign inputs",
+        "## Limitations",
+        "## How to reproduce",
+    ]
+    metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
+    assert f"T = {metrics['temperature']}" in card
+    assert f"{metrics['ece_uncalibrated']:.2%} before, {metrics['ece_calibrated']:.2%}" in card
+    onnx_hash = hashlib.sha256((chain[0] / "model.onnx").read_bytes()).hexdigest()
+    assert f"SHA-256 `{onnx_hash}`" in card
+    per_class = pd.read_csv(tmp_path / "metrics" / "per_class.csv", dtype={"class": str})
+    assert per_class.to_markdown(index=False, floatfmt=".4f") in card  # the file's numbers
 
 
 def test_report_params_are_validated(tmp_path, raw_dir):
@@ -106,6 +133,8 @@ def test_report_params_are_validated(tmp_path, raw_dir):
         "d",
         "--model",
         "x.pt",
+        "--onnx",
+        "x.onnx",
         "--out",
         str(tmp_path / "r"),
         "--params",

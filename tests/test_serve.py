@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import json
@@ -14,13 +15,14 @@ from pathlib import Path
 
 import httpx2
 import numpy as np
+import onnx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from apps.webapp import create_app
 from benchmarks.load_test import (
-    expected_digits,
+    expected_labels,
     mnist_payloads,
     page_png,
     run_load,
@@ -28,8 +30,11 @@ from benchmarks.load_test import (
 )
 from mnistpipe import processed
 from mnistpipe.checkpoints import load_checkpoint
+from mnistpipe.datasets import DATASETS
+from mnistpipe.onnx_model import load_onnx
 from mnistpipe.params import ServeParams
 from tests.conftest import REPO, run
+from tests.test_predict import exported
 from tools.compose_params import compose
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,8 +45,9 @@ PARAMS = ServeParams(
 
 @pytest.fixture(scope="session")
 def served(pipeline_baseline, tmp_path_factory):
-    """(checkpoint path, processed-data folder): the fast recipe's CNN trained for 4 epochs
-    with augmentation on the baseline's real MNIST subset (about 97% test accuracy)."""
+    """(ONNX model path, processed-data folder): the fast recipe's CNN trained for 4 epochs
+    with augmentation on the baseline's real MNIST subset (about 97% test accuracy), exported
+    by the export stage; its checkpoint lies beside it."""
     repo, _ = pipeline_baseline
     folder = tmp_path_factory.mktemp("served")
     overrides = [
@@ -69,15 +75,22 @@ def served(pipeline_baseline, tmp_path_factory):
         ],
         REPO,
     )
+    onnx = folder / "model.onnx"
+    export = ["--model", str(model), "--data", str(data), "--out", str(onnx)]
+    run(
+        [sys.executable, "-m", "stages.export", *export, "--params", str(folder / "params.yaml")],
+        REPO,
+    )
     (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.97}))
-    return model, data
+    return onnx, data
 
 
 @pytest.fixture
 def client(served):
     model, _ = served
-    checkpoint = load_checkpoint(model)
-    app = create_app(checkpoint, {"sha256": "abc", "test_metrics": {"accuracy": 0.97}}, PARAMS)
+    app = create_app(
+        load_onnx(model), {"sha256": "abc", "test_metrics": {"accuracy": 0.97}}, PARAMS
+    )
     with TestClient(app) as test_client:
         yield test_client
 
@@ -98,11 +111,11 @@ def post(client, body: bytes, name: str = "digit.png"):
 def test_a_digit_page_is_answered_as_the_predict_command_would(client, served):
     model, data = served
     payloads = mnist_payloads(data, count=20)
-    expected = expected_digits(model, payloads)
+    expected = expected_labels(model, payloads)
     labels = processed.load_split(data, "test").labels[:20]
     for body, digit in zip(payloads, expected, strict=True):
         answer = post(client, body).json()
-        assert answer["digit"] == digit
+        assert answer["label"] == digit and answer["index"] == int(digit)
         probabilities = answer["probabilities"]
         assert list(probabilities) == [str(d) for d in range(10)]
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
@@ -144,7 +157,7 @@ def test_a_file_name_is_never_used_as_a_path(client, served):
     model, data = served
     body = mnist_payloads(data, count=1)[0]
     answer = post(client, body, name="../../../../etc/passwd").json()
-    assert answer["digit"] == expected_digits(model, [body])[0]
+    assert answer["label"] == expected_labels(model, [body])[0]
 
 
 @pytest.mark.slow
@@ -153,9 +166,9 @@ def test_the_server_survives_bad_requests_and_batches_concurrent_ones(client, se
     for bad in (b"", b"junk", png(np.full((40, 40), 250))):
         post(client, bad)
     payloads = mnist_payloads(data, count=16)
-    expected = expected_digits(model, payloads)
+    expected = expected_labels(model, payloads)
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda body: post(client, body).json()["digit"], payloads))
+        answers = list(pool.map(lambda body: post(client, body).json()["label"], payloads))
     assert answers == expected
     batching = client.get("/healthz").json()["batching"]
     assert batching["requests"] == 16 and batching["largest"] > 1
@@ -181,13 +194,17 @@ def server(served):
 
 
 @pytest.mark.slow
-def test_healthz_reports_the_checkpoint_hash_and_metrics(server, served):
+def test_healthz_reports_the_model_hashes_and_metrics(server, served):
     model, _ = served
     health = httpx2.get(f"{server}/healthz").json()
     assert health["status"] == "ok"
     assert health["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    checkpoint_path = model.with_name("model.pt")
+    assert health["checkpoint_sha256"] == hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()
     assert health["test_metrics"] == {"accuracy": 0.97}
-    checkpoint = load_checkpoint(model)
+    checkpoint = load_checkpoint(checkpoint_path)
+    assert health["classes"] == list(checkpoint.classes)
+    assert health["temperature"] == checkpoint.temperature != 1.0
     config = checkpoint.model_config.to_mapping()
     assert health["config"] == {"name": "cnn", "cnn": config}
     assert config["channels"] == [8, 32, 64]  # the fast recipe's
@@ -198,18 +215,18 @@ def test_healthz_reports_the_checkpoint_hash_and_metrics(server, served):
 def test_load_of_200_requests_from_8_clients_is_answered_correctly(server, served):
     model, data = served
     payloads = mnist_payloads(data, count=40)
-    result = run_load(server, payloads, expected_digits(model, payloads), 200, 8, timeout_s=30)
+    result = run_load(server, payloads, expected_labels(model, payloads), 200, 8, timeout_s=30)
     assert (result.correct, result.failed) == (200, 0)
     assert 0 < result.p50_ms <= result.p95_ms
 
 
 @pytest.mark.slow
 def test_serve_errors_are_one_line(tmp_path, served):
-    command = [sys.executable, "-m", "apps.serve", "--model", str(tmp_path / "absent.pt")]
+    command = [sys.executable, "-m", "apps.serve", "--model", str(tmp_path / "absent.onnx")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("serve: error: ")
-    assert "absent.pt: checkpoint not found" in result.stderr
+    assert "absent.onnx: model not found; run the export stage" in result.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -242,11 +259,12 @@ def draw(page, strokes: list[list[tuple[float, float]]]) -> str:
     page.wait_for_function(
         "(d => d.answered === d.drawn)(document.getElementById('pad').dataset)", timeout=10_000
     )
-    return page.locator("#digit").text_content()
+    return page.locator("#label").text_content()
 
 
-@pytest.mark.slow
-def test_the_page_in_chromium_draws_and_uploads(server, served, tmp_path):
+@contextlib.contextmanager
+def chromium():
+    """A headless Chromium (Playwright), or a skip where there is none and CI did not ask."""
     if not CHROMIUM.exists():
         if os.environ.get("REQUIRE_BROWSER"):
             pytest.fail(f"{CHROMIUM} is missing and REQUIRE_BROWSER is set (as .ci/run sets)")
@@ -265,13 +283,22 @@ def test_the_page_in_chromium_draws_and_uploads(server, served, tmp_path):
                 "--no-first-run",
             ],
         )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_the_page_in_chromium_draws_and_uploads(server, served, tmp_path):
+    with chromium() as browser:
         page = browser.new_page()
         page.goto(server)
         assert draw(page, [[(0.5, 0.15), (0.5, 0.85)]]) == "1"
         bars = page.locator("#bars .bar")
         assert bars.count() == 10
         page.click("#clear")
-        assert page.locator("#digit").text_content() == "?"
+        assert page.locator("#label").text_content() == "?"
         assert draw(page, [[(0.25, 0.2), (0.75, 0.2), (0.4, 0.85)]]) == "7"
         seen = page.evaluate(
             "Array.from(document.querySelector('#seen').getContext('2d')"
@@ -282,15 +309,70 @@ def test_the_page_in_chromium_draws_and_uploads(server, served, tmp_path):
         body = mnist_payloads(data, count=1)[0]
         (tmp_path / "upload.png").write_bytes(body)
         page.locator("#file").set_input_files(str(tmp_path / "upload.png"))
-        expected = expected_digits(model, [body])[0]
+        expected = expected_labels(model, [body])[0]
         page.wait_for_function(
-            f"document.querySelector('#digit').textContent === '{expected}'", timeout=10_000
+            f"document.querySelector('#label').textContent === '{expected}'", timeout=10_000
         )
         confidence = page.locator("#confidence").text_content()
         assert confidence.endswith("% sure")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         assert Image.open(tmp_path / "page.png").size[0] > 300
-        browser.close()
+
+
+@pytest.fixture(scope="module")
+def fashion_server(tmp_path_factory):
+    """The real server on a (random-weight) Fashion-MNIST model: (URL, model path)."""
+    model, _ = exported(tmp_path_factory.mktemp("fashion"), "fashion-mnist")
+    with running_server(model) as url:
+        yield url, model
+
+
+@pytest.mark.slow
+def test_a_fashion_mnist_model_is_served_with_its_class_names(fashion_server):
+    url, model = fashion_server
+    classes = list(DATASETS["fashion-mnist"].classes)
+    assert httpx2.get(f"{url}/healthz").json()["classes"] == classes
+    body = png(np.pad(np.full((20, 10), 255), 4))
+    answer = httpx2.post(f"{url}/api/predict", files={"file": ("a.png", body)}).json()
+    assert answer["label"] == expected_labels(model, [body])[0] == classes[answer["index"]]
+    assert list(answer["probabilities"]) == classes
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("document.title === 'fashion-mnist classifier'", timeout=10_000)
+        assert page.locator("#heading").text_content() == "Draw an item"
+        assert "Ankle boot" in page.locator("#hint").text_content()
+        assert page.locator("#status").text_content() == "Draw an item to start."
+        assert draw(page, [[(0.5, 0.15), (0.5, 0.85)]]) in classes
+        shown = page.locator("#bars .bar").evaluate_all("bars => bars.map(b => b.dataset.label)")
+        assert shown == classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: data[: len(data) // 3], "not a readable ONNX model"),
+        (lambda data: with_classes(data, ["a", "b", "c"]), "must be (batch, 3) float32"),
+    ],
+)
+def test_the_server_refuses_to_start_on_a_damaged_model(tmp_path, served, damage, message):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(damage(served[0].read_bytes()))
+    command = [sys.executable, "-m", "apps.serve", "--model", str(path), "--port", "0"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == result.stderr.strip().splitlines()[-1]  # one line
+    assert result.stderr.startswith(f"serve: error: {path}: ") and message in result.stderr
+
+
+def with_classes(onnx_bytes: bytes, classes: list[str]) -> bytes:
+    """The model with other class names in its metadata, disagreeing with its outputs."""
+    model = onnx.load_from_string(onnx_bytes)
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {**props, "classes": json.dumps(classes)})
+    return model.SerializeToString()
 
 
 def test_page_png_is_dark_ink_on_light_paper():

@@ -163,7 +163,7 @@ def test_download_rejects_a_typo_in_params_before_any_work(tmp_path, raw_dir):
 
 
 def run_chain(tmp_path, raw_dir, params, run):
-    """preprocess, train and evaluate into tmp_path/run; return the evaluate outputs."""
+    """preprocess, train, export and evaluate into tmp_path/run; return the evaluate outputs."""
     out = tmp_path / run
     data = out / "processed"
     assert (
@@ -192,7 +192,19 @@ def run_chain(tmp_path, raw_dir, params, run):
         params,
     )
     assert result.returncode == 0, result.stderr
-    names = ("metrics", "confusion", "per-class", "predictions", "misclassified")
+    result = stage(
+        "export",
+        "--model",
+        out / "model.pt",
+        "--data",
+        data,
+        "--out",
+        out / "model.onnx",
+        "--params",
+        params,
+    )
+    assert result.returncode == 0, result.stderr
+    names = ("metrics", "confusion", "per-class", "predictions", "misclassified", "calibration")
     paths = {name: out / f"{name}.out" for name in names}
     flags = [item for name in names for item in (f"--{name}", paths[name])]
     result = stage(
@@ -208,6 +220,7 @@ def test_train_and_evaluate_are_reproducible_to_the_byte(tmp_path, raw_dir):
     first, paths = run_chain(tmp_path, raw_dir, params, "a")
     second, _ = run_chain(tmp_path, raw_dir, params, "b")
     assert (first / "model.pt").read_bytes() == (second / "model.pt").read_bytes()
+    assert (first / "model.onnx").read_bytes() == (second / "model.onnx").read_bytes()
     for path in paths.values():
         assert path.read_bytes() == (second / path.name).read_bytes()
     history = pd.read_csv(first / "history.csv")
