@@ -55,24 +55,37 @@ def confusion_figure(confusion: pd.DataFrame) -> Figure:
 
 
 def reliability_diagram(reliability: pd.DataFrame) -> bytes:
-    """Accuracy against mean confidence per bin, before and after the temperature: a
-    calibrated model's points lie on the diagonal. `reliability` is evaluate's
-    calibration.csv (columns probabilities, lower, upper, images, accuracy, confidence)."""
-    figure, axes = plt.subplots(figsize=(6, 5.5))
+    """Accuracy against mean confidence per bin, before and after the temperature (a
+    calibrated model's points lie on the diagonal; a point's area grows with its images),
+    over the number of images per bin. `reliability` is evaluate's calibration.csv (columns
+    probabilities, lower, upper, images, accuracy, confidence)."""
+    figure, (axes, counts) = plt.subplots(2, 1, figsize=(6, 7), height_ratios=(3, 1), sharex=True)
     axes.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
-    groups = reliability.groupby("probabilities", sort=False)
-    for (name, table), style in zip(groups, "os", strict=True):  # uncalibrated, calibrated
+    groups = list(reliability.groupby("probabilities", sort=False))  # uncalibrated, calibrated
+    width = float((reliability["upper"] - reliability["lower"]).iloc[0]) / (len(groups) + 1)
+    for number, ((name, table), marker) in enumerate(zip(groups, "os", strict=True)):
         filled = table[table["images"] > 0]
-        axes.plot(filled["confidence"], filled["accuracy"], f"-{style}", label=name)
+        sizes = 12 + 60 * np.sqrt(filled["images"] / filled["images"].max())
+        line = axes.plot(filled["confidence"], filled["accuracy"], "-", alpha=0.6)[0]
+        axes.scatter(
+            filled["confidence"],
+            filled["accuracy"],
+            s=sizes,
+            marker=marker,
+            label=name,
+            color=line.get_color(),
+        )
+        counts.bar(table["lower"] + (number + 0.5) * width, table["images"], width, label=name)
     axes.set(
         title="Reliability (test set, 15 bins)",
-        xlabel="mean confidence in bin",
         ylabel="accuracy in bin",
         xlim=(0, 1.01),
         ylim=(0, 1.01),
     )
     axes.legend(loc="upper left")
     axes.grid(alpha=0.3)
+    counts.set(xlabel="confidence", ylabel="images", yscale="log")
+    counts.grid(alpha=0.3)
     figure.tight_layout()
     return to_png(figure)
 

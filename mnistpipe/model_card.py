@@ -7,6 +7,7 @@ number comes from the run's tracked files, so the card is as reproducible as the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -41,7 +42,7 @@ def model_card(
         "## Model details",
         "",
         f"- **Model:** `{checkpoint.model_name}` with config"
-        f" `{checkpoint.model_config.to_mapping()}`, {weights:,} stored values"
+        f" `{json.dumps(checkpoint.model_config.to_mapping())}`, {weights:,} stored values"
         " (weights, biases, batch-norm statistics and the input normalization).",
         f"- **Classes:** {', '.join(checkpoint.classes)}.",
         f"- **Trained** for {recipe.epochs} epochs with {recipe.optimizer} (peak learning rate"
@@ -118,7 +119,8 @@ def model_card(
             f"Accuracy on 500 foreign digits (scikit-learn's 8x8 handwritten digits, another"
             f" set of writers, drawn as dark ink on light pages and put through the predict"
             f" command's preprocessing): {metrics['foreign_digits_accuracy']:.1%}, against"
-            f" {metrics['accuracy']:.1%} on MNIST's test set."
+            f" {metrics['accuracy']:.1%} on MNIST's test set, with a mean confidence of"
+            f" {metrics['foreign_digits_confidence']:.1%} there."
             if "foreign_digits_accuracy" in metrics
             else "Not measured: the foreign-digit set applies to digit models only."
         ),
@@ -129,7 +131,8 @@ def model_card(
         + ", ".join(f"{r.actual} → {r.predicted} ({r.count})" for r in confused.itertuples())
         + ".",
         "- Calibration holds on average over images like the test set's; it says nothing"
-        " for one image, and on foreign inputs the model is more sure than it is right.",
+        " for one image, nor for inputs unlike MNIST's (compare confidence and accuracy on"
+        " the foreign digits above).",
         "- The whole test set comes from the same source as the training data: accuracy on"
         " other sources is lower (above).",
         "",

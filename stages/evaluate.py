@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     labels, predicted = test.labels.astype(np.int64), logits.argmax(1).numpy()
     metrics = summary_metrics(labels, logits)
     if meta.dataset == "mnist":  # foreign digits are digits: other datasets skip them
-        metrics["foreign_digits_accuracy"] = foreign_digits_accuracy(model, params.batch_size)
+        metrics |= foreign_digits(model, checkpoint.temperature, params.batch_size)
     calibration_metrics, reliability = calibration(logits.numpy(), labels, checkpoint.temperature)
     metrics |= calibration_metrics
     probabilities = softmax(logits.numpy(), checkpoint.temperature)
@@ -91,12 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def foreign_digits_accuracy(model: torch.nn.Module, batch_size: int) -> float:
-    """Accuracy on `imaging.foreign_digit_pages`, prepared as the predict command does."""
+def foreign_digits(model: torch.nn.Module, temperature: float, batch_size: int) -> dict:
+    """Accuracy on `imaging.foreign_digit_pages`, prepared as the predict command does, and
+    the mean calibrated confidence the model has in its answers there."""
     pages, labels = foreign_digit_pages()
     images = torch.from_numpy(np.stack([to_mnist(page) for page in pages]))
-    predicted = predict_logits(model, images, batch_size).argmax(1).numpy()
-    return round(float(np.mean(predicted == labels)), 6)
+    probabilities = softmax(predict_logits(model, images, batch_size).numpy(), temperature)
+    return {
+        "foreign_digits_accuracy": round(float(np.mean(probabilities.argmax(1) == labels)), 6),
+        "foreign_digits_confidence": round(float(probabilities.max(1).mean()), 6),
+    }
 
 
 def calibration(

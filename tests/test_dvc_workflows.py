@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from dvc.repo import Repo
 from PIL import Image
 
 from mnistpipe import processed
@@ -98,15 +99,21 @@ def test_evaluate_reports_calibration_and_the_report_a_model_card(pipeline_basel
     assert f"T = {metrics['temperature']}" in card and "## Foreign inputs" in card
 
 
-def test_the_model_is_a_dvc_artifact_that_other_projects_get(pipeline_baseline, tmp_path):
-    repo, _ = pipeline_baseline
+def test_the_model_is_a_dvc_artifact_that_other_projects_get(pipeline_repo, tmp_path):
+    repo = pipeline_repo
     model = (repo / "models" / "model.onnx").read_bytes()
-    listed = run(["dvc", "ls", str(repo), "models", "--json"], tmp_path)
-    assert "model.onnx" in {entry["path"] for entry in json.loads(listed.stdout)}
-    run(["dvc", "artifacts", "get", str(repo), "classifier", "-o", "artifact.onnx"], tmp_path)
-    assert (tmp_path / "artifact.onnx").read_bytes() == model
+    with Repo(repo) as dvc_repo:  # DVC's own reading of dvc.yaml's `artifacts`
+        artifact = dvc_repo.artifacts.read()["dvc.yaml"]["classifier"]
+    assert (artifact.path, artifact.type) == ("models/model.onnx", "model")
+    assert artifact.desc and "mnist" in artifact.labels and "metrics" in artifact.meta
     run(["dvc", "get", str(repo), "models/model.onnx", "-o", "got.onnx"], tmp_path)
     assert (tmp_path / "got.onnx").read_bytes() == model
+    # `dvc artifacts get` finds versions by their Git tags, as GTO and DVC Studio write them.
+    get = ["dvc", "artifacts", "get", str(repo), "classifier", "-o", "artifact.onnx"]
+    assert "Unable to find artifact" in run(get, tmp_path, check=False).stderr
+    run(["git", "tag", "-a", "classifier@v1.0.0", "-m", "classifier v1.0.0"], repo)
+    run(get, tmp_path)
+    assert (tmp_path / "artifact.onnx").read_bytes() == model
 
 
 def test_repro_twice_does_nothing_the_second_time(pipeline_repo):

@@ -1,13 +1,18 @@
 """The report stage on a small run made by the real stages."""
 
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
+from mnistpipe import figures
+from mnistpipe.datasets import DATASETS
 from stages.report import confused_pairs
 from tests.conftest import REPO
 from tests.test_stages import params_file, run_chain
@@ -143,3 +148,33 @@ def test_report_params_are_validated(tmp_path, raw_dir):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 1
     assert "report.misclassified_shown: must be between 1 and 100, got 0" in result.stderr
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_class_names_under_the_confusion_matrix_never_overlap(dataset, monkeypatch):
+    classes = DATASETS[dataset].classes
+    counts = np.diag(np.arange(100, 110)) + 1
+    index = pd.Index(classes, name="actual")
+    confusion = pd.DataFrame(counts, index=index, columns=pd.Index(classes, name="predicted"))
+    assert names_overlap(figures.confusion_figure(confusion)) is False
+    monkeypatch.setattr(figures, "LONG_LABEL", 100)  # never slanted: Fashion's names collide
+    assert names_overlap(figures.confusion_figure(confusion)) is (dataset == "fashion-mnist")
+
+
+def names_overlap(figure) -> bool:
+    """Whether neighbouring x tick labels collide: upright ones when their boxes overlap,
+    slanted (parallel) ones when the distance between their baselines is below the text
+    height."""
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    labels = axes.get_xticklabels()
+    try:
+        if {label.get_rotation() for label in labels} == {0.0}:
+            boxes = [label.get_window_extent() for label in labels]
+            return any(left.x1 > right.x0 for left, right in itertools.pairwise(boxes))
+        (angle,) = {np.radians(label.get_rotation()) for label in labels}
+        ticks = axes.transData.transform([(tick, 0) for tick in axes.get_xticks()])[:, 0]
+        height = max(label.get_fontsize() for label in labels) * figure.dpi / 72
+        return bool(np.diff(ticks).min() * np.sin(angle) < height)
+    finally:
+        plt.close(figure)

@@ -52,6 +52,9 @@ train:
   device: auto
   threads: 1
   numerics: portable
+export:
+  opset: 20
+  tolerance: 1.0e-4
 evaluate:
   batch_size: 16
   device: auto
