@@ -15,18 +15,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from mnistpipe.errors import PipelineError
 
+if TYPE_CHECKING:  # the onnx package is only for writing (export): the apps start faster
+    import onnx
+
 ONNX_FORMAT = "1"  # the `format` metadata value: bumped when the graph's contract changes
 INPUT, LOGITS, PROBABILITIES = "images", "logits", "probabilities"
 IMAGE_SIZE = 28  # pixels each way, as idx.IMAGE_SHAPE (idx imports torch-free numpy only)
-BATCH_SIZE = 100  # images per run: 64-100 gave the most images/s on 2 cores (benchmarks/)
+BATCH_SIZE = 32  # images per run: 24-64 gave the most images/s on 2 cores (benchmarks/)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ def finish(model: onnx.ModelProto, metadata: Metadata) -> bytes:
     """The file's bytes: `model` with `metadata`, less the exporter's debugging annotations
     (stack traces with this checkout's absolute paths, which would make the bytes depend on
     where the repository lies)."""
+    import onnx
+
     for node in model.graph.node:
         del node.metadata_props[:]
     for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
