@@ -22,7 +22,7 @@ from PIL import Image
 from mnistpipe import processed
 from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.datasets import DATASETS
-from tests.conftest import REPO, edit_config, run
+from tests.conftest import REPO, dvc_env, edit_config, run
 
 pytestmark = pytest.mark.slow  # the real dvc CLI on a real (tiny) run, download included
 
@@ -221,13 +221,25 @@ def test_a_queued_grid_runs_and_the_best_experiment_can_be_applied(pipeline_repo
         ["dvc", "exp", "run", "--queue", "-S", "train.lr=0.001,0.003", "-S", "model.name=cnn,mlp"],
         pipeline_repo,
     )
-    run(["dvc", "queue", "start", "-j", "2"], pipeline_repo)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], pipeline_repo).stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            break
-        time.sleep(3)
+    # The workers `dvc queue start` spawns are daemons that inherit its stdout and stderr, and
+    # one may stay up idle: were those pipes captured, reading them would wait for it forever.
+    subprocess.run(
+        ["dvc", "queue", "start", "-j", "2"],
+        cwd=pipeline_repo,
+        env=dvc_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = run(["dvc", "queue", "status"], pipeline_repo).stdout
+            if not re.search(r"\b(Queued|Running)\b", status):
+                break
+            time.sleep(3)
+    finally:
+        run(["dvc", "queue", "stop", "--kill"], pipeline_repo, check=False)  # idle workers too
     assert "Failed" not in status, status
     table = pd.read_csv(
         pd.io.common.StringIO(run(["dvc", "exp", "show", "--csv"], pipeline_repo).stdout)
