@@ -561,7 +561,7 @@ def test_two_runners_push_a_grid_and_a_teammate_takes_the_best(shared):
     runners = [shared.clone(f"runner-{index}") for index in range(len(grid))]
     for clone, name, combination in zip(runners, names, grid, strict=True):
         ran = run_experiment(clone, name, combination)
-        assert stages_run(ran) == {"train", "evaluate", "report"}  # the inputs were pulled
+        assert stages_run(ran) == {"train", "export", "evaluate", "report"}  # inputs pulled
 
     # Both runners push at the same moment.
     start = threading.Barrier(len(runners))
