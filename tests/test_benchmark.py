@@ -55,6 +55,7 @@ def test_quick_benchmark_produces_every_number(pipeline_baseline, tmp_path):
     assert "## default / examples-cnn" in markdown
 
 
+@pytest.mark.slow  # imports the benchmark's whole stack in a subprocess
 def test_unknown_recipe_is_one_clear_error(tmp_path):
     command = [
         sys.executable,

@@ -126,6 +126,7 @@ def deployed(exported):
 # The export stage
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_export_writes_a_model_with_the_checkpoints_metadata(exported, deployed, checkpoint):
     path, ckpt = checkpoint
     assert exported.is_file()
@@ -153,6 +154,7 @@ def test_export_writes_a_model_with_the_checkpoints_metadata(exported, deployed,
     assert sorted(p.name for p in exported.parent.iterdir()) == ["model.onnx", "model.pt"]
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_onnx_runtime_agrees_with_pytorch(deployed, checkpoint):
     batch = images(250, seed=5)  # more than one of OnnxClassifier.run's 100-image batches
     ours = deployed.run(batch, LOGITS)
@@ -164,6 +166,7 @@ def test_onnx_runtime_agrees_with_pytorch(deployed, checkpoint):
     assert len(set(theirs.argmax(axis=1).tolist())) > 1
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_probabilities_are_the_logits_calibrated_by_the_temperature(deployed):
     batch = images(60, seed=6)
     logits = deployed.run(batch, LOGITS)
@@ -175,6 +178,7 @@ def test_probabilities_are_the_logits_calibrated_by_the_temperature(deployed):
     assert np.abs(probabilities - reference_softmax(logits, 1.0)).max() > 1e-4
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 @pytest.mark.parametrize("count", [1, 7])
 def test_the_batch_axis_is_dynamic(deployed, checkpoint, count):
     (image_arg,) = deployed.session.get_inputs()
@@ -187,10 +191,12 @@ def test_the_batch_axis_is_dynamic(deployed, checkpoint, count):
     assert classify(deployed, batch).shape == (count, 10)
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_no_batch_gives_no_rows(deployed):
     assert classify(deployed, np.zeros((0, 28, 28), np.uint8)).shape == (0, 10)
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_the_file_holds_no_absolute_path(exported, workspace):
     content = exported.read_bytes()
     assert str(REPO).encode() not in content
@@ -198,6 +204,7 @@ def test_the_file_holds_no_absolute_path(exported, workspace):
     assert b"/tmp/" not in content and b"site-packages" not in content
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_exporting_again_elsewhere_gives_the_same_bytes(exported, checkpoint, workspace):
     other = workspace / "elsewhere"
     other.mkdir()
@@ -209,6 +216,7 @@ def test_exporting_again_elsewhere_gives_the_same_bytes(exported, checkpoint, wo
     assert out.read_bytes() == exported.read_bytes()
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_a_failed_check_writes_nothing(checkpoint, data_dir, workspace):
     folder = workspace / "failing"
     folder.mkdir()
@@ -357,6 +365,7 @@ def stripped(content, drop=(), change=None):
     return model.SerializeToString()
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_bad_model_files_are_one_line_errors_naming_them(tmp_path, exported):
     good = exported.read_bytes()
     cases = {
@@ -394,6 +403,7 @@ def test_bad_model_files_are_one_line_errors_naming_them(tmp_path, exported):
         assert str(path) in str(excinfo.value)
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_bytes_given_directly_are_named_as_told(exported):
     good = exported.read_bytes()
     with pytest.raises(PipelineError) as excinfo:

@@ -16,6 +16,7 @@ from mnistpipe.imaging import ImageError, centre_by_mass, load_grey, prepare, to
 from mnistpipe.models import build_model, predict_logits
 from stages.export import export_bytes
 from tests.conftest import RECIPE, REPO, SMALL_CNN
+from tests.test_export import tiny_model
 
 
 def block_on_paper(alpha=False):
@@ -120,6 +121,15 @@ def model_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def linear_model_file(tmp_path_factory):
+    """A linear classifier that keeps the ONNX contract, built without torch: for the
+    command's behaviour, in the fast lane (a real export takes seconds)."""
+    path = tmp_path_factory.mktemp("linear") / "model.onnx"
+    path.write_bytes(tiny_model())
+    return path
+
+
+@pytest.fixture(scope="module")
 def fashion_model_file(tmp_path_factory):
     return exported(tmp_path_factory.mktemp("fashion"), "fashion-mnist")
 
@@ -129,6 +139,7 @@ def predict(*args):
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_predict_round_trips_mnist_images_saved_as_png(tmp_path, model_file):
     """ONNX Runtime through the predict command gives PyTorch's classes and calibrated
     probabilities (softmax of logits / temperature) for MNIST images saved as PNG."""
@@ -154,9 +165,9 @@ def test_predict_round_trips_mnist_images_saved_as_png(tmp_path, model_file):
     assert np.abs(np.array(confidences) - uncalibrated.numpy()).max() > 1e-3  # T applied
 
 
-def test_predict_never_imports_torch(tmp_path, model_file):
+def test_predict_never_imports_torch(tmp_path, linear_model_file):
     """The predict command's whole process runs with torch made unimportable."""
-    model_path, _ = model_file
+    model_path = linear_model_file
     block_on_paper().save(tmp_path / "a.png")
     blocker = (
         "import sys, runpy\n"
@@ -178,8 +189,8 @@ def test_predict_never_imports_torch(tmp_path, model_file):
     assert result.stdout.splitlines()[1].startswith(str(tmp_path / "a.png"))
 
 
-def test_predict_json_and_table_formats(tmp_path, model_file):
-    model_path, _ = model_file
+def test_predict_json_and_table_formats(tmp_path, linear_model_file):
+    model_path = linear_model_file
     block_on_paper().save(tmp_path / "a.png")
     block_on_paper(alpha=True).save(tmp_path / "b.gif")
     result = predict(
@@ -198,6 +209,7 @@ def test_predict_json_and_table_formats(tmp_path, model_file):
     assert table[0].split() == ["path", "label", "confidence"] and len(table) == 2
 
 
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_predict_names_the_classes_of_a_fashion_mnist_model(tmp_path, fashion_model_file):
     model_path, checkpoint = fashion_model_file
     block_on_paper().save(tmp_path / "a.png")
@@ -214,8 +226,8 @@ def test_predict_names_the_classes_of_a_fashion_mnist_model(tmp_path, fashion_mo
     assert table[1].split() == [str(tmp_path / "a.png"), *expected.split(), confidence]
 
 
-def test_bad_files_get_an_error_line_and_the_rest_are_predicted(tmp_path, model_file):
-    model_path, _ = model_file
+def test_bad_files_get_an_error_line_and_the_rest_are_predicted(tmp_path, linear_model_file):
+    model_path = linear_model_file
     block_on_paper().save(tmp_path / "good.png")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.tif").write_text("hello")
@@ -239,11 +251,13 @@ def test_bad_files_get_an_error_line_and_the_rest_are_predicted(tmp_path, model_
         (lambda data: data[: len(data) // 2], "not a readable ONNX model"),
     ],
 )
-def test_a_missing_or_damaged_model_is_one_clear_line(tmp_path, model_file, damage, message):
+def test_a_missing_or_damaged_model_is_one_clear_line(
+    tmp_path, linear_model_file, damage, message
+):
     block_on_paper().save(tmp_path / "a.png")
     path = tmp_path / "model.onnx"
     if damage is not None:
-        path.write_bytes(damage(model_file[0].read_bytes()))
+        path.write_bytes(damage(linear_model_file.read_bytes()))
     result = predict(tmp_path / "a.png", "--model", path)
     assert result.returncode == 1
     assert result.stderr.startswith(f"predict: error: {path}: {message}")

@@ -314,6 +314,7 @@ def test_train_rejects_bad_params_before_training(tmp_path, raw_dir):
     assert_one_line_error(result, "train", "train.epochs: must be at least 1, got 0")
 
 
+@pytest.mark.slow  # starts a training process
 def test_portable_train_without_the_launcher_is_one_clear_error(tmp_path, raw_dir):
     params = params_file(tmp_path, raw_dir)
     files = ("--data", tmp_path, "--model", tmp_path / "m.pt", "--history", tmp_path / "h.csv")
