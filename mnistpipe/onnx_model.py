@@ -21,13 +21,13 @@ import numpy as np
 import onnxruntime as ort
 
 from mnistpipe.errors import PipelineError
+from mnistpipe.idx import IMAGE_SHAPE
 
 if TYPE_CHECKING:  # the onnx package is only for writing (export): the apps start faster
     import onnx
 
 ONNX_FORMAT = "1"  # the `format` metadata value: bumped when the graph's contract changes
 INPUT, LOGITS, PROBABILITIES = "images", "logits", "probabilities"
-IMAGE_SIZE = 28  # pixels each way, as idx.IMAGE_SHAPE (idx imports torch-free numpy only)
 BATCH_SIZE = 32  # images per run: 24-64 gave the most images/s on 2 cores (benchmarks/)
 
 
@@ -167,7 +167,7 @@ def check_signature(session: ort.InferenceSession, classes: int, path: Path) -> 
     """The graph's inputs and outputs must be those of the module docstring."""
     inputs = {arg.name: arg for arg in session.get_inputs()}
     outputs = {arg.name: arg for arg in session.get_outputs()}
-    expected_in = f"{INPUT} (batch, {IMAGE_SIZE}, {IMAGE_SIZE}) uint8"
+    expected_in = f"{INPUT} (batch, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) uint8"
     image = inputs.get(INPUT)
     if (
         len(inputs) != 1
@@ -175,7 +175,7 @@ def check_signature(session: ort.InferenceSession, classes: int, path: Path) -> 
         or image.type != "tensor(uint8)"
         or len(image.shape) != 3
         or isinstance(image.shape[0], int)  # the batch axis must be dynamic
-        or image.shape[1:] != [IMAGE_SIZE, IMAGE_SIZE]
+        or tuple(image.shape[1:]) != IMAGE_SHAPE
     ):
         found = ", ".join(f"{a.name} {a.shape} {a.type}" for a in inputs.values())
         raise PipelineError(f"{path}: input must be {expected_in}, found {found}")
