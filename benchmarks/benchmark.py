@@ -8,6 +8,7 @@ RSS is its own) on the processed data of `dvc repro`, then is scored on the test
 Timings never go into DVC metrics: they land in the results files.
 
     python -m benchmarks.benchmark [--recipes default fast] [--quick] [--dvc] [--serve]
+        [--numerics fast portable] [--step-threads 1 2] [--repro]
 
 `--quick` trains every recipe for one epoch on 4,000 training images (under 2 minutes): a
 smoke test of the benchmark itself, whose numbers mean nothing else.
@@ -45,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT = "default"  # the recipe of conf/config.yaml's own model and train sections
 REFERENCE = "examples-cnn"  # the ratios table compares the default with this recipe
 QUICK_SIZES = {"train": 4000, "val": 500, "test": 1000}
+STEP_SIZES = {"train": 12800, "val": 500, "test": 1000}  # 100 steps of the default's batch
 
 
 def machine() -> dict[str, str | int]:
@@ -79,11 +81,11 @@ def recipe_params(name: str, quick: bool, numerics: str | None = None) -> str:
     return compose(REPO, overrides + ([f"train.numerics={numerics}"] if numerics else []))
 
 
-def quick_data(data_dir: Path, out: Path) -> Path:
+def quick_data(data_dir: Path, out: Path, sizes: dict[str, int] = QUICK_SIZES) -> Path:
     """The first images of each split of `data_dir`, as a processed-data folder."""
     meta = processed.load_meta(data_dir)
     splits = {}
-    for name, size in QUICK_SIZES.items():
+    for name, size in sizes.items():
         split = processed.load_split(data_dir, name)
         splits[name] = processed.Split(split.images[:size], split.labels[:size])
     processed.save(out, splits, meta.dataset, meta.classes)
@@ -176,6 +178,48 @@ def benchmark(name: str, data_dir: Path, quick: bool, numerics: str | None = Non
     }
 
 
+def step_times(data_dir: Path, modes: list[str], threads: list[int]) -> list[dict]:
+    """Milliseconds per training step of the default recipe in each numerics mode and thread
+    count: the train stage's one epoch over the first 100 batches of the training split (its
+    validation pass, on 500 images, included)."""
+    steps = STEP_SIZES["train"] // yaml.safe_load(compose(REPO, []))["train"]["batch_size"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-steps-") as folder:
+        data = quick_data(data_dir, Path(folder) / "data", STEP_SIZES)
+        for mode in modes:
+            for count in threads:
+                overrides = ["train.epochs=1", f"train.numerics={mode}", f"train.threads={count}"]
+                workdir = Path(folder) / f"{mode}-{count}"
+                workdir.mkdir()
+                _, _, _, history = run_train(compose(REPO, overrides), workdir, data)
+                seconds = float(pd.read_csv(history)["seconds"].sum())
+                row = {"numerics": mode, "threads": count, "ms_per_step": seconds / steps * 1000}
+                rows.append(row)
+    for row in rows:  # against the same mode's first thread count
+        first = next(other for other in rows if other["numerics"] == row["numerics"])
+        row["vs_first_threads"] = round(row["ms_per_step"] / first["ms_per_step"], 2)
+        row["ms_per_step"] = round(row["ms_per_step"], 1)
+    return rows
+
+
+def repro_time(repo: Path) -> dict:
+    """Seconds of a full `dvc repro` in a fresh clone with nothing cached (download included,
+    the virtual environment not), and whether it reproduced the committed outputs."""
+    dvc = [sys.executable, "-m", "dvc"]
+    with tempfile.TemporaryDirectory(prefix="bench-repro-") as workdir:
+        clone = Path(workdir) / "clone"
+        subprocess.run(["git", "clone", "-q", str(repo.resolve()), str(clone)], check=True)
+        compose_seconds = timed([sys.executable, "-m", "tools.compose_params"], clone)
+        seconds = timed([*dvc, "repro"], clone)
+        changed = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True
+        ).stdout.split("\n")
+    return {
+        "repro_s": round(compose_seconds + seconds, 1),
+        "changed_files": [line[3:] for line in changed if line.strip()],
+    }
+
+
 def ratios(rows: list[dict]) -> list[dict]:
     """The default against the reference recipe, metric by metric (when both ran)."""
     by_name = {row["recipe"]: row for row in rows}
@@ -264,6 +308,14 @@ def write_results(out: Path, results: dict) -> None:
     if results["serve"]:
         text += "\n## apps.serve on loopback\n\n"
         text += pd.DataFrame([results["serve"]]).to_markdown(index=False) + "\n"
+    if results.get("steps"):
+        text += "\n## Training step, default recipe\n\n"
+        text += pd.DataFrame(results["steps"]).to_markdown(index=False) + "\n"
+    if results.get("repro"):
+        repro = results["repro"]
+        text += "\n## Fresh clone, `dvc repro` (download included, venv excluded)\n\n"
+        text += f"{repro['repro_s']} s; files that differ from the commit:"
+        text += f" {', '.join(repro['changed_files']) or 'none'}.\n"
     if results["dvc"]:
         text += "\n## DVC, seconds\n\n" + pd.DataFrame([results["dvc"]]).to_markdown(index=False)
         text += "\n"
@@ -283,6 +335,15 @@ def main() -> None:
         choices=list(MODES),
         help="train each recipe in these numerics modes (default: the recipe's own)",
     )
+    parser.add_argument(
+        "--step-threads",
+        nargs="+",
+        type=int,
+        help="also time the default recipe's steps with these thread counts (per --numerics)",
+    )
+    parser.add_argument(
+        "--repro", action="store_true", help="also time dvc repro in a fresh clone of HEAD"
+    )
     parser.add_argument("--dvc", action="store_true", help="also time dvc repro and exp run")
     parser.add_argument(
         "--serve", action="store_true", help="also load-test apps.serve with models/model.onnx"
@@ -301,6 +362,14 @@ def main() -> None:
             for numerics in args.numerics or [None]:
                 rows.append(benchmark(name, data, args.quick, numerics))
             print(json.dumps(rows[-1]), file=sys.stderr)
+    steps = None
+    if args.step_threads:
+        print("benchmark: training steps per thread count", file=sys.stderr)
+        steps = step_times(args.data, args.numerics or list(MODES), args.step_threads)
+    repro = None
+    if args.repro:
+        print("benchmark: dvc repro in a fresh clone", file=sys.stderr)
+        repro = repro_time(Path.cwd())
     dvc_times = None
     if args.dvc:
         print("benchmark: dvc repro against dvc exp run", file=sys.stderr)
@@ -314,6 +383,8 @@ def main() -> None:
         "quick": args.quick,
         "runs": rows,
         "ratios": ratios(rows),
+        "steps": steps,
+        "repro": repro,
         "dvc": dvc_times,
         "serve": serve,
     }

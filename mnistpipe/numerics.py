@@ -3,19 +3,18 @@
     python -m mnistpipe.numerics MODE MODULE [ARGS...]
 
 runs `python -m MODULE ARGS...` in MODE; dvc.yaml runs the stages that compute through it,
-so the mode is in each stage's command in dvc.lock. MKL and ATen read their settings once,
-when they load, so only a launcher (or the environment) can set them:
+so the mode is in each stage's command in dvc.lock. MKL, ATen and OpenMP read their settings
+once, when they load, so only a launcher (or the environment) can set them:
 
 - `portable`: the same bytes on every x86-64 CPU with AVX2, Intel or AMD, whatever the thread
-  count. oneDNN is off (its kernels depend on the ISA, the cache sizes and the thread count);
-  ATen runs its AVX2 kernels (no AVX-512 variants), which gave the same bytes with 1 to 4
-  threads; MKL runs in conditional numerical reproducibility on its COMPATIBLE branch, the
-  only fixed branch MKL honours on non-Intel CPUs (an AVX2 request silently becomes AUTO
-  there), and on one thread, since that branch has no thread-invariant STRICT mode. The
-  forward convolutions run in NNPACK's AVX2 kernels (the same bytes with 1 to 4 threads
-  here); NNPACK sizes its blocks by the CPU's caches, so whether its sums hold on another
-  CPU model is what the fingerprint test (tests/test_numerics.py) says on its first run
-  there.
+  count. Every convolution, forward and backward, runs in portable_conv.py: NNPACK's AVX2
+  kernels, which parallelise over outputs only, in channel chunks that no CPU's cache blocking
+  splits. oneDNN is off (its kernels depend on the ISA, the caches and the thread count); ATen
+  runs its AVX2 kernels (no AVX-512 variants), which give the same bytes with any thread
+  count; what still reaches MKL (the linear layers) runs on its COMPATIBLE branch, the only
+  fixed branch MKL honours on non-Intel CPUs, and on one thread, since that branch has no
+  thread-invariant STRICT mode. OpenMP's idle threads sleep instead of spinning, so that they
+  leave the cores to NNPACK's thread pool.
 - `fast`: oneDNN and every kernel the CPU allows; the same bytes only on the same CPU model
   with the same thread count.
 
@@ -34,6 +33,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mnistpipe.errors import PipelineError
 
@@ -42,9 +42,9 @@ LAUNCHED_MODE = "MNISTPIPE_NUMERICS"  # set by the launcher, so a stage can chec
 
 @dataclass(frozen=True)
 class Mode:
-    environment: dict[str, str]  # read by ATen and MKL when they load
+    environment: dict[str, str]  # read by ATen, MKL and OpenMP when they load
     onednn: bool  # torch.backends.mkldnn.enabled
-    nnpack: bool  # torch.backends.nnpack, which runs the forward convs when oneDNN is off
+    portable_convolutions: bool  # every CPU convolution through portable_conv.py
     capability: str | None  # the ATen kernels torch must report, None = whatever it picks
     mkl_branch: str | None  # the CNR branch MKL must report, None = not checked
     mkl_threads: int | None  # MKL's threads for this process's calls, None = torch's count
@@ -53,9 +53,15 @@ class Mode:
 # Mode name -> settings. `train.numerics` and `evaluate.numerics` name one.
 MODES: dict[str, Mode] = {
     "portable": Mode(
-        environment={"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"},
+        environment={
+            "ATEN_CPU_CAPABILITY": "avx2",
+            "MKL_CBWR": "COMPATIBLE",
+            # Spinning OpenMP threads hold the cores that NNPACK's pool needs next: with it,
+            # 2 threads made a step 0.95x the time of 1; without, 0.7x.
+            "OMP_WAIT_POLICY": "PASSIVE",
+        },
         onednn=False,
-        nnpack=True,  # the forward convs: AVX2 kernels, 3x faster than MKL's COMPATIBLE ones
+        portable_convolutions=True,
         capability="AVX2",
         mkl_branch="COMPATIBLE",
         mkl_threads=1,
@@ -63,7 +69,7 @@ MODES: dict[str, Mode] = {
     "fast": Mode(
         environment={},
         onednn=True,
-        nnpack=True,
+        portable_convolutions=False,
         capability=None,
         mkl_branch=None,
         mkl_threads=None,
@@ -77,9 +83,12 @@ def apply(name: str) -> None:
     `torch.set_num_threads`, which resets MKL's thread count."""
     import torch
 
+    from mnistpipe import portable_conv  # imports torch: not before the launcher's settings
+
     mode = MODES[name]
     torch.backends.mkldnn.enabled = mode.onednn
-    torch.backends.nnpack.set_flags(mode.nnpack)
+    if mode.portable_convolutions:
+        portable_conv.install()
     if mode.mkl_threads and torch.backends.mkl.is_available():
         set_mkl_threads(mode.mkl_threads)
     launched = os.environ.get(LAUNCHED_MODE) or None
@@ -105,6 +114,14 @@ def apply(name: str) -> None:
             f"numerics {name!r} did not take effect ({'; '.join(problems)}): run the stage as"
             f" python -m mnistpipe.numerics {name} stages.<name> ..., as dvc.yaml does"
         )
+
+
+def check_model(name: str, model: Any) -> None:
+    """Refuse, naming it, a layer of `model` (an nn.Module) that mode `name` cannot run."""
+    if MODES[name].portable_convolutions:
+        from mnistpipe import portable_conv
+
+        portable_conv.check_layers(model)
 
 
 def set_mkl_threads(count: int) -> None:

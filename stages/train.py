@@ -66,6 +66,8 @@ def train(
     train_data, val_data = load_data(data_dir, "train", device), load_data(data_dir, "val", device)
     model = build_model(model_params.name, model_params.config, meta.mean, meta.std)
     model = model.to(device=device, memory_format=torch.channels_last)
+    if device.type == "cpu":
+        numerics.check_model(params.numerics, model)
     log.info(
         "training %s (%d parameters) on %s for %d epochs, %d threads, %s numerics",
         model_params.name,
