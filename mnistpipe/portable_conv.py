@@ -16,13 +16,11 @@ channels in blocks of L1-per-thread / (tuple bytes x (mr + nr)) channels and add
 results, so a CPU with a smaller L1 splits a long sum elsewhere. We therefore never hand it
 more than CHANNEL_CHUNK channels to sum, and add the chunks' results ourselves in a fixed order.
 
-Where NNPACK cannot run a product, a slower path that is still portable takes it:
-- a batch of 1 runs as a batch of 2 (NNPACK's batched kernel, so an image's output is the same
-  in any batch), a stride as a stride-1 convolution subsampled, a dilation as a kernel with
-  zeros between its taps, groups one group at a time, padding >= kernel as explicit zeros;
-- a kernel wider than NNPACK's 16 px (the grad-weight of a layer on more than 16 px) runs as
-  im2col (exact copies) and one matrix product on the calling thread, which MKL's COMPATIBLE
-  branch computes in a fixed order (the mode pins MKL to one thread).
+Where NNPACK lacks a feature, the product stays on NNPACK: a batch of 1 runs as a batch of 2
+(NNPACK's batched kernel, so an image's output is the same in any batch), a stride as a
+stride-1 convolution subsampled, a dilation as a kernel with zeros between its taps, groups
+one group at a time, padding >= kernel as explicit zeros, and a kernel wider than NNPACK's
+16 px (the grad-weight of a layer on more than 16 px) as the sum of its 16 px blocks.
 Transposed convolutions and types other than float32 are refused with one line.
 """
 
