@@ -1,11 +1,14 @@
-"""Classify your own images: `python -m apps.predict PATH... [--model FILE]`.
+"""Classify your own images: `python -m apps.predict PATH... [--model FILE] [--guess]`.
 
 Each image (PNG, JPEG, BMP, GIF, TIFF; any size, grey or colour, with or without alpha) is
 turned into MNIST's format the way MNIST was made, then classified in batches by the exported
 model (`models/model.onnx`) on ONNX Runtime: no PyTorch is imported, so one image takes well
-under a second. Probabilities are calibrated, and labels are the model's class names. Folders
-are walked. A file that cannot be classified gets an error line and the others go on; the
-exit code is 1 when any file failed.
+under a second. Probabilities are calibrated, and labels are the model's class names. An image
+whose out-of-distribution score is above the model's threshold does not look like the training
+data: its label is `unknown` (empty in CSV, null in JSON) unless `--guess` asks for the best
+guess anyway; the score is always shown. Folders are walked. A file that cannot be classified
+(blank, a speck, not an image) gets an error line and the others go on; the exit code is 1
+when any file failed.
 """
 
 from __future__ import annotations
@@ -21,35 +24,49 @@ import numpy as np
 from mnistpipe.cli import run_stage
 from mnistpipe.errors import PipelineError
 from mnistpipe.imaging import ImageError, find_images, prepare
-from mnistpipe.onnx_model import classify, load_onnx
+from mnistpipe.onnx_model import Answers, classify, load_onnx
 
 DEFAULT_MODEL = Path("models/model.onnx")  # the export stage's output (dvc.yaml's onnx_file)
 
 
+UNKNOWN = "unknown"  # the table's label for an image that does not look like the training data
+
+
 def write_results(
-    paths: list[Path], probabilities: np.ndarray, classes: tuple[str, ...], style: str
+    paths: list[Path], answers: Answers, classes: tuple[str, ...], style: str, guess: bool
 ) -> None:
-    """One row per image: its path, the most probable class's name and that probability."""
-    best = probabilities.argmax(axis=1)
-    rows = [
-        (str(path), classes[int(index)], float(row[index]))
-        for path, index, row in zip(paths, best, probabilities, strict=True)
-    ]
+    """One row per image: its path, label, the most probable class's probability, OOD score
+    and whether the score flags it; a flagged image's label is its best guess only if `guess`."""
+    rows = []
+    for path, answer in zip(paths, answers, strict=True):
+        label = classes[answer.best] if guess or not answer.flagged else None
+        rows.append((str(path), label, answer, float(answer.probabilities[answer.best])))
     if style == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", "confidence"])
-        writer.writerows((path, label, f"{conf:.4f}") for path, label, conf in rows)
+        writer.writerow(["path", "label", "confidence", "ood_score", "flagged"])
+        writer.writerows(
+            (path, label or "", f"{conf:.4f}", f"{answer.score:.4f}", answer.flagged)
+            for path, label, answer, conf in rows
+        )
     elif style == "json":
-        for (path, label, conf), probs in zip(rows, probabilities.tolist(), strict=True):
-            each = {name: round(p, 6) for name, p in zip(classes, probs, strict=True)}
+        for path, label, answer, conf in rows:
+            probabilities = answer.probabilities.tolist()
+            each = {name: round(p, 6) for name, p in zip(classes, probabilities, strict=True)}
             record = {"path": path, "label": label, "confidence": round(conf, 6)}
+            record |= {"ood_score": round(answer.score, 4), "flagged": answer.flagged}
             print(json.dumps({**record, "probabilities": each}))
     else:
-        width = max([len("path"), *(len(path) for path, _, _ in rows)])
-        label_width = max([len("label"), *(len(label) for _, label, _ in rows)])
-        print(f"{'path':<{width}}  {'label':>{label_width}}  confidence")
-        for path, label, conf in rows:
-            print(f"{path:<{width}}  {label:>{label_width}}  {conf:>10.4f}")
+        shown = []
+        for path, label, answer, conf in rows:
+            if answer.flagged:  # "unknown", or "unknown (7?)" with --guess
+                label = f"{UNKNOWN} ({label}?)" if label else UNKNOWN
+            confidence = f"{conf:.4f}" if label != UNKNOWN else "-"
+            shown.append((path, label, confidence, answer.score))
+        width = max([len("path"), *(len(row[0]) for row in shown)])
+        label_width = max([len("label"), *(len(row[1]) for row in shown)])
+        print(f"{'path':<{width}}  {'label':>{label_width}}  confidence  ood_score")
+        for path, label, confidence, score in shown:
+            print(f"{path:<{width}}  {label:>{label_width}}  {confidence:>10}  {score:>9.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,6 +76,12 @@ def main(argv: list[str] | None = None) -> None:
         "--model", type=Path, default=DEFAULT_MODEL, help="exported ONNX model to use"
     )
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument(
+        "--guess",
+        action="store_true",
+        help="give the best guess as the label even for images that do not look like the"
+        " training data",
+    )
     args = parser.parse_args(argv)
     model = load_onnx(args.model)
 
@@ -74,7 +97,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"predict: error: {exc}", file=sys.stderr)
             failures += 1
     if images:
-        write_results(good, classify(model, np.stack(images)), model.classes, args.format)
+        answers = classify(model, np.stack(images))
+        write_results(good, answers, model.classes, args.format, args.guess)
+        flagged = sum(answer.flagged for answer in answers)
+        if flagged:
+            print(
+                f"predict: {flagged} of {len(images)} images do not look like"
+                f" {model.metadata.subject} (OOD score above {model.metadata.ood_threshold:g})"
+                + ("" if args.guess else "; --guess shows the best guess anyway"),
+                file=sys.stderr,
+            )
     if failures:
         print(f"predict: {failures} of {len(files)} files failed", file=sys.stderr)
         sys.exit(1)

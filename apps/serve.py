@@ -47,7 +47,10 @@ def health(model: OnnxClassifier, metrics_path: Path) -> dict[str, Any]:
         "checkpoint_sha256": meta.checkpoint_sha256,
         "dataset": meta.dataset,
         "classes": list(meta.classes),
+        "subject": meta.subject,
         "temperature": meta.temperature,
+        "ood_score": meta.ood_score,
+        "ood_threshold": meta.ood_threshold,
         "config": meta.model,  # as params.yaml's `model` section, with the one model it names
         "epoch": meta.epoch,
         "val_accuracy": meta.val_accuracy,

@@ -2,19 +2,23 @@
 
 `POST /api/predict` takes an image as the multipart field `file`, turns it into MNIST's format
 with the predict command's own code (`imaging.prepare_bytes`) and answers
-`{label, index, confidence, probabilities, input}`: the class name (from the model's
-metadata), its index, calibrated probabilities, and `input`, the 28x28 image the model saw.
+`{label, index, confidence, probabilities, ood_score, ood_threshold, flagged, message, input}`:
+the class name (from the model's metadata) and its index, the best class's calibrated
+probability, every class's, the out-of-distribution score and the model's threshold, and
+`input`, the 28x28 image the model saw. When the score is above the threshold the image does
+not look like the training data: `flagged` is true, `label` and `index` are null and `message`
+says so, unless the query asks `?guess=true`.
 Requests that arrive together are classified in one forward pass (`Batcher`). Errors are JSON
 `{"error": message}`: 400 for no file, an empty file or a non-image, 413 for an upload over the
-size limit or a decompression bomb, 422 when the image holds no ink. Nothing in a request is
-ever used as a path.
+size limit or a decompression bomb, 422 when the image is blank, faint or a mere speck.
+Nothing in a request is ever used as a path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
 from mnistpipe.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
-from mnistpipe.onnx_model import OnnxClassifier, classify
+from mnistpipe.onnx_model import Answer, OnnxClassifier, classify
 from mnistpipe.params import ServeParams
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -49,7 +53,7 @@ class Batcher:
     the forward pass runs in a worker thread so the server keeps accepting requests.
     """
 
-    classify: Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) uint8 -> (N, 10) probabilities
+    classify: Callable[[np.ndarray], Sequence[Answer]]  # (N, 28, 28) uint8 -> N answers
     max_batch: int
     wait_s: float
     stats: BatchStats = field(default_factory=BatchStats)
@@ -60,7 +64,7 @@ class Batcher:
         self._queue = asyncio.Queue()
         return asyncio.create_task(self.run())
 
-    async def submit(self, image: np.ndarray) -> np.ndarray:
+    async def submit(self, image: np.ndarray) -> Answer:
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((image, future))
         return await future
@@ -77,7 +81,7 @@ class Batcher:
                     break
             images = np.stack([image for image, _ in batch])
             try:
-                probabilities = await asyncio.to_thread(self.classify, images)
+                answers = await asyncio.to_thread(self.classify, images)
             except Exception as exc:  # never leave a request waiting forever
                 for _, future in batch:
                     if not future.done():
@@ -86,9 +90,9 @@ class Batcher:
             self.stats.requests += len(batch)
             self.stats.batches += 1
             self.stats.largest = max(self.stats.largest, len(batch))
-            for (_, future), row in zip(batch, probabilities, strict=True):
+            for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():  # the client may have gone
-                    future.set_result(row)
+                    future.set_result(answer)
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -164,16 +168,22 @@ def create_app(model: OnnxClassifier, health: dict[str, Any], params: ServeParam
             return error(422, str(exc))
         except ImageError as exc:
             return error(400, str(exc))
-        probabilities = await batcher.submit(image)
-        best = int(probabilities.argmax())
+        answer = await batcher.submit(image)
+        answered = not answer.flagged or request.query_params.get("guess") == "true"
+        probabilities = answer.probabilities.tolist()
         return {
-            "label": model.classes[best],
-            "index": best,
-            "confidence": round(float(probabilities[best]), 6),
+            "label": model.classes[answer.best] if answered else None,
+            "index": answer.best if answered else None,
+            "confidence": round(probabilities[answer.best], 6),
             "probabilities": {
-                name: round(float(p), 6)
-                for name, p in zip(model.classes, probabilities, strict=True)
+                name: round(p, 6) for name, p in zip(model.classes, probabilities, strict=True)
             },
+            "ood_score": round(answer.score, 4),
+            "ood_threshold": model.metadata.ood_threshold,
+            "flagged": answer.flagged,
+            "message": (
+                f"this does not look like {model.metadata.subject}" if answer.flagged else None
+            ),
             "input": image.tolist(),  # (28, 28) 0-255: what the model saw
         }
 

@@ -63,7 +63,7 @@ def page_png(digit: np.ndarray) -> bytes:
 def run_load(
     url: str,
     payloads: list[bytes],
-    expected: list[str],
+    expected: list[str | None],
     requests: int = 200,
     clients: int = 8,
     timeout_s: float = 30.0,
@@ -149,11 +149,13 @@ def wait_until_up(url: str, process: subprocess.Popen, log: IO[str], timeout_s: 
             time.sleep(0.2)
 
 
-def expected_labels(model_path: Path, payloads: list[bytes]) -> list[str]:
-    """What the predict command's code says for each payload, computed in this process."""
+def expected_labels(model_path: Path, payloads: list[bytes]) -> list[str | None]:
+    """What the predict command's code says for each payload, computed in this process: the
+    class name, or None where the OOD score flags the image (as the API's `label`)."""
     model = load_onnx(model_path)
     images = np.stack([prepare_bytes(body, "payload") for body in payloads])
-    return [model.classes[int(i)] for i in classify(model, images).argmax(1)]
+    answers = classify(model, images)
+    return [None if answer.flagged else model.classes[answer.best] for answer in answers]
 
 
 def mnist_payloads(data_dir: Path, count: int = 50) -> list[bytes]:

@@ -1,10 +1,10 @@
 """The checkpoint format that `train` writes and everything after it reads.
 
 A checkpoint describes itself: the model's name and config, the resolved training recipe, the
-dataset and its class names and the calibration temperature travel with the weights (whose
-first layer holds the normalization stats), so evaluation, export and the report rebuild the
-model from the file alone. It holds only tensors and plain Python values, so it loads with
-`torch.load(..., weights_only=True)`.
+dataset and its class names, the calibration temperature and the OOD threshold travel with the
+weights (whose first layer holds the normalization stats), so evaluation, export and the
+report rebuild the model from the file alone. It holds only tensors and plain Python values,
+so it loads with `torch.load(..., weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from mnistpipe.params import Config, section_from_mapping
 from mnistpipe.processed import Meta
 from mnistpipe.training import TrainParams
 
-# 2: normalization inside the model, recipe and per-model config; 3: calibration temperature
-CHECKPOINT_FORMAT = 3
+# 2: normalization inside the model, recipe and per-model config; 3: calibration temperature;
+# 4: the OOD score's threshold
+CHECKPOINT_FORMAT = 4
 # Train settings that say how to run, not what to compute (in portable numerics the bytes are
 # the same for any thread count): left out of the file, whose bytes must not depend on them.
 UNRECORDED = {"threads": 0}  # key -> the value a loaded recipe shows (0: all cores)
@@ -43,6 +44,8 @@ class Checkpoint:
     val_accuracy: float
     # softmax(logits / temperature) is calibrated: fitted on the validation split (1.0: not)
     temperature: float = 1.0
+    # an input whose OOD score (ood.py) is above this is flagged as unlike the training data
+    ood_threshold: float = float("inf")
     device: str = "cpu"  # where it was trained
     torch_version: str = str(torch.__version__)  # that trained it
 
@@ -91,6 +94,7 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
         "epoch": checkpoint.epoch,
         "val_accuracy": checkpoint.val_accuracy,
         "temperature": checkpoint.temperature,
+        "ood_threshold": checkpoint.ood_threshold,
         "device": checkpoint.device,
         "torch_version": checkpoint.torch_version,
     }
@@ -124,6 +128,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             epoch=int(payload["epoch"]),
             val_accuracy=float(payload["val_accuracy"]),
             temperature=float(payload["temperature"]),
+            ood_threshold=float(payload["ood_threshold"]),
             device=str(payload["device"]),
             torch_version=str(payload["torch_version"]),
         )

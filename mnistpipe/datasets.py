@@ -18,6 +18,7 @@ class DatasetSpec:
     md5: dict[str, str]  # idx file name -> MD5 of the extracted (uncompressed) file
     classes: tuple[str, ...]  # class index -> human-readable name
     description: str  # what the images are and where they come from (for the model card)
+    subject: str  # what every image shows, for "this does not look like {subject}"
     debian_dir: str | None = None  # where a Debian package installs the idx files
 
 
@@ -38,6 +39,7 @@ DATASETS: dict[str, DatasetSpec] = {
             " students; each fitted into 20x20 pixels and centred by mass in 28x28, grey"
             " levels 0-255, light ink on black"
         ),
+        subject="a digit",
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -65,6 +67,7 @@ DATASETS: dict[str, DatasetSpec] = {
             " shoes and bags from Zalando's catalogue in 10 classes, reduced to 28x28 grey"
             " levels 0-255, light on black"
         ),
+        subject="clothing",
         debian_dir="/usr/share/datasets/fashion-mnist",
     ),
 }

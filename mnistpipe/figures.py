@@ -132,3 +132,23 @@ def class_distribution(counts: pd.DataFrame) -> bytes:
     axes.legend()
     figure.tight_layout()
     return to_png(figure)
+
+
+def ood_histograms(test_scores: np.ndarray, ood: pd.DataFrame, threshold: float) -> bytes:
+    """The OOD score of the test digits against each kind of evaluate's OOD table (columns
+    kind, ood_score; pages the preprocessing refused have no score and are left out), one
+    panel per kind, with the threshold above which inputs are flagged."""
+    scored = ood.dropna(subset=["ood_score"])
+    kinds = list(dict.fromkeys(scored["kind"]))
+    figure, panels = plt.subplots(1, max(1, len(kinds)), figsize=(3 * max(1, len(kinds)), 3))
+    every = np.concatenate([test_scores, scored["ood_score"].to_numpy()])
+    bins = np.linspace(every.min(), every.max(), 40)
+    for axes, kind in zip(np.atleast_1d(panels), kinds, strict=False):
+        scores = scored.loc[scored["kind"] == kind, "ood_score"]
+        axes.hist(test_scores, bins, density=True, alpha=0.6, label="test digits")
+        axes.hist(scores, bins, density=True, alpha=0.6, label=kind)
+        axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
+        axes.set(title=f"{kind} ({len(scores)} scored)", xlabel="OOD score", yticks=[])
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    return to_png(figure)

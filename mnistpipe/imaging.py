@@ -25,6 +25,10 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 CANVAS, BOX = 28, 20  # MNIST's canvas and the box its digits are fitted into, in pixels
 MIN_CONTRAST = 32.0  # ink must differ from the paper by this much (0-255) to count as ink
+# The ink's longer side must span this share of the image's shorter side. MNIST's digits span
+# 20/28 = 71% of theirs; a fifth still takes a digit photographed 3.5 times smaller, and
+# refuses a dot or a speck, which scaling to 20x20 would otherwise blow up into a blob.
+MIN_INK_SPAN = 0.2
 
 
 class ImageError(PipelineError):
@@ -36,7 +40,7 @@ class ImageTooLargeError(ImageError):
 
 
 class NoInkError(ImageError):
-    """A readable image with no digit on it: blank, or too little contrast."""
+    """A readable image with no digit on it: blank, too little contrast, or a mere speck."""
 
 
 def load_grey(source: str | Path | BinaryIO, name: str | None = None) -> np.ndarray:
@@ -81,7 +85,15 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
     ink = np.clip(ink, 0.0, None)
     if ink.max() < MIN_CONTRAST:
         raise NoInkError("no ink found (the image is blank or has too little contrast)")
-    return ink / ink.max()
+    ink /= ink.max()
+    rows, cols = np.nonzero(ink > 0.5)
+    span = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+    if span < MIN_INK_SPAN * min(grey.shape):
+        raise NoInkError(
+            f"too little ink for a digit: it spans {span} px, under {MIN_INK_SPAN:.0%} of the"
+            f" image's shorter side ({min(grey.shape)} px); a dot or a speck"
+        )
+    return ink
 
 
 def centre_by_mass(digit: np.ndarray) -> np.ndarray:
@@ -100,10 +112,11 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
     """(H, W) grey levels -> (28, 28) uint8 MNIST-style image: light digit on black.
 
     A 28x28 image that is already light on dark is taken as it is: it is in MNIST's format.
+    Blank, faint and speck-sized ink is refused (`NoInkError`) in both cases, light or dark.
     """
+    ink = ink_map(grey)
     if grey.shape == (CANVAS, CANVAS) and np.median(grey) <= 127.5:
         return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
-    ink = ink_map(grey)
     rows, cols = np.nonzero(ink > 0.05)  # faint noise does not stretch the box
     ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = ink.shape

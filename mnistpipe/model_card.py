@@ -1,8 +1,9 @@
 """The model card (Mitchell et al., 2019) that `report` writes beside the report.
 
 Sections as model cards usually have them: details, intended and out-of-scope uses, training
-data, metrics per class, calibration, foreign inputs, limitations, how to reproduce. Every
-number comes from the run's tracked files, so the card is as reproducible as they are.
+data, metrics per class, calibration, foreign inputs, inputs that are not of the classes,
+limitations, how to reproduce. Every number comes from the run's tracked files, so the card is
+as reproducible as they are.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pandas as pd
 
 from mnistpipe.checkpoints import Checkpoint
 from mnistpipe.datasets import DATASETS
+from mnistpipe.ood import SCORE_NAME
+from mnistpipe.synthetic import OOD_KINDS
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ def model_card(
         f" epoch {checkpoint.epoch}, the best by validation accuracy"
         f" ({checkpoint.val_accuracy:.4f}).",
         "- **Input:** (batch, 28, 28) uint8 images in the dataset's format (light on black,"
-        " 0-255). **Outputs:** logits and calibrated probabilities, (batch, classes) float32.",
+        " 0-255). **Outputs:** logits and calibrated probabilities, (batch, classes) float32,"
+        " and the out-of-distribution score, (batch,) float32.",
         "- **Files:**",
         *(f"  - `{f.path}`: {f.what}, SHA-256 `{f.sha256}`" for f in files),
         "",
@@ -82,8 +86,9 @@ def model_card(
         else "- Photos of real products: the model saw only the dataset's centred 28x28"
         " catalogue images.",
         "- Other scripts (Arabic-Indic, Devanagari or Chinese numerals), letters, several"
-        " digits at once, or anything that is not one of the classes: the model always"
-        " answers one of its classes, with a probability that means nothing there.",
+        " digits at once, or anything that is not one of the classes: the out-of-distribution"
+        " score flags many such inputs as unknown, not all (below), and an input it does not"
+        " flag gets one of the classes, with a probability that means nothing there.",
         "- Decisions about people (forms, cheques, exams) without a person checking.",
         "",
         "## Training data",
@@ -124,6 +129,25 @@ def model_card(
             if "foreign_digits_accuracy" in metrics
             else "Not measured: the foreign-digit set applies to digit models only."
         ),
+        "",
+        "## Inputs that are not " + ("digits" if digits else "of the classes"),
+        "",
+        f"The predict command and the server refuse blank, faint and speck-sized images before"
+        f" the model, and answer `unknown` when the {SCORE_NAME} score (ONNX output `ood_score`)"
+        f" is above {checkpoint.ood_threshold}, a threshold fitted to flag"
+        f" {recipe.ood_rejection:.0%} of the validation split. The model was trained with"
+        f" outlier exposure: {recipe.outliers_per_batch} synthetic non-digits (noise, dots,"
+        " scribbles, printed symbols and Greek letters) in each batch, pushed towards equal"
+        " probabilities. On the test set the threshold flags"
+        f" {metrics['ood_test_flagged']:.2%} of the images; accuracy on the rest is"
+        f" {metrics['ood_test_accuracy_accepted']:.4f}. Rejected by preprocessing or score: "
+        + ", ".join(
+            f"{kind} {metrics[f'ood_{kind}_rejected']:.1%}"
+            for kind in OOD_KINDS
+            if f"ood_{kind}_rejected" in metrics
+        )
+        + " (Latin letters were never shown in training). See"
+        " [report.md](report.md#out-of-distribution).",
         "",
         "## Limitations",
         "",

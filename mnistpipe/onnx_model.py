@@ -4,6 +4,8 @@ The graph is the whole classifier, normalization and calibration included:
   input  `images`         (batch, 28, 28) uint8, MNIST-style (light ink on black, 0-255)
   output `logits`         (batch, classes) float32, uncalibrated (what PyTorch computes)
   output `probabilities`  (batch, classes) float32, softmax(logits / temperature)
+  output `ood_score`      (batch,) float32, ood.py's score: above the metadata's
+                          `ood_threshold`, the image does not look like the training data
 uint8 in, because it is what every image decoder gives and what the pipeline stores: no client
 has to know the scaling. The ONNX metadata (string key -> string value) says where the model
 came from (METADATA). This module runs it on ONNX Runtime and never imports torch, so the
@@ -13,6 +15,7 @@ predict command and the server start in a fraction of a second.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +29,8 @@ from mnistpipe.idx import IMAGE_SHAPE
 if TYPE_CHECKING:  # the onnx package is only for writing (export): the apps start faster
     import onnx
 
-ONNX_FORMAT = "1"  # the `format` metadata value: bumped when the graph's contract changes
-INPUT, LOGITS, PROBABILITIES = "images", "logits", "probabilities"
+ONNX_FORMAT = "2"  # the `format` metadata value: bumped when the graph's contract changes
+INPUT, LOGITS, PROBABILITIES, OOD_SCORE = "images", "logits", "probabilities", "ood_score"
 BATCH_SIZE = 32  # images per run: 24-64 gave the most images/s on 2 cores (benchmarks/)
 
 
@@ -37,7 +40,10 @@ class Metadata:
 
     dataset: str
     classes: tuple[str, ...]  # class index -> name
+    subject: str  # what an image should show, as in "does not look like a digit"
     temperature: float  # fitted on the validation split; already inside `probabilities`
+    ood_score: str  # the name of the score in `ood_score` (ood.SCORE_NAME)
+    ood_threshold: float  # fitted on the validation split: higher scores are flagged
     checkpoint_sha256: str  # of the checkpoint it was exported from
     model: dict[str, Any]  # {"name": n, n: config}, as params.yaml's `model` section
     epoch: int
@@ -48,7 +54,10 @@ class Metadata:
             "format": ONNX_FORMAT,
             "dataset": self.dataset,
             "classes": json.dumps(list(self.classes)),
-            "temperature": repr(self.temperature),
+            "subject": self.subject,
+            "temperature": repr(float(self.temperature)),
+            "ood_score": self.ood_score,
+            "ood_threshold": repr(float(self.ood_threshold)),
             "checkpoint_sha256": self.checkpoint_sha256,
             "model": json.dumps(self.model, sort_keys=True),
             "epoch": str(self.epoch),
@@ -69,7 +78,10 @@ class Metadata:
             return cls(
                 dataset=props["dataset"],
                 classes=tuple(str(name) for name in classes),
+                subject=props["subject"],
                 temperature=float(props["temperature"]),
+                ood_score=props["ood_score"],
+                ood_threshold=float(props["ood_threshold"]),
                 checkpoint_sha256=props["checkpoint_sha256"],
                 model=model,
                 epoch=int(props["epoch"]),
@@ -110,6 +122,39 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """What the model says of one image."""
+
+    probabilities: np.ndarray  # (classes,) float32, calibrated
+    score: float  # the OOD score
+    flagged: bool  # the score is above the model's threshold: this is not like its data
+
+    @property
+    def best(self) -> int:
+        """The most probable class's index: the answer, unless flagged, and the guess if so."""
+        return int(self.probabilities.argmax())
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What the model says of N images."""
+
+    probabilities: np.ndarray  # (N, classes) float32, calibrated
+    scores: np.ndarray  # (N,) float32 OOD scores
+    threshold: float  # the model's OOD threshold
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, index: int) -> Answer:
+        score = float(self.scores[index])
+        return Answer(self.probabilities[index], score, score > self.threshold)
+
+    def __iter__(self) -> Iterator[Answer]:
+        return (self[index] for index in range(len(self)))
+
+
+@dataclass(frozen=True)
 class OnnxClassifier:
     """An exported model, loaded once, ready for `classify`."""
 
@@ -122,23 +167,27 @@ class OnnxClassifier:
         return self.metadata.classes
 
     def run(
-        self, images: np.ndarray, output: str = PROBABILITIES, batch_size: int = BATCH_SIZE
-    ) -> np.ndarray:
-        """(N, 28, 28) uint8 images -> (N, classes) float32 of `output`, in batches."""
+        self, images: np.ndarray, outputs: tuple[str, ...], batch_size: int = BATCH_SIZE
+    ) -> list[np.ndarray]:
+        """(N, 28, 28) uint8 images -> each of `outputs` for all N (float32), in batches."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
         parts = [
-            self.session.run([output], {INPUT: images[start : start + batch_size]})[0]
+            self.session.run(list(outputs), {INPUT: images[start : start + batch_size]})
             for start in range(0, len(images), batch_size)
         ]
-        return np.concatenate(parts) if parts else np.empty((0, len(self.classes)), np.float32)
+        if not parts:  # no images: empty arrays of the outputs' shapes
+            empty = {OOD_SCORE: (0,)}
+            return [
+                np.empty(empty.get(name, (0, len(self.classes))), np.float32) for name in outputs
+            ]
+        return [np.concatenate(pieces) for pieces in zip(*parts, strict=True)]
 
 
-def classify(
-    model: OnnxClassifier, images: np.ndarray, batch_size: int = BATCH_SIZE
-) -> np.ndarray:
-    """(N, 28, 28) uint8 MNIST-style images -> (N, classes) calibrated probabilities: the one
+def classify(model: OnnxClassifier, images: np.ndarray, batch_size: int = BATCH_SIZE) -> Answers:
+    """(N, 28, 28) uint8 MNIST-style images -> calibrated probabilities and OOD scores: the one
     inference function of the predict command, the server and the benchmark."""
-    return model.run(images, PROBABILITIES, batch_size)
+    probabilities, scores = model.run(images, (PROBABILITIES, OOD_SCORE), batch_size)
+    return Answers(probabilities, scores, model.metadata.ood_threshold)
 
 
 def load_onnx(source: str | Path, data: bytes | None = None, threads: int = 0) -> OnnxClassifier:
@@ -193,3 +242,7 @@ def check_signature(session: ort.InferenceSession, classes: int, path: Path) -> 
                 f"{path}: output {name} must be (batch, {classes}) float32 for the"
                 f" {classes} classes of its metadata, found {found}"
             )
+    score = outputs.get(OOD_SCORE)
+    if score is None or score.type != "tensor(float)" or len(score.shape) != 1:
+        found = f"{score.shape} {score.type}" if score else "none"
+        raise PipelineError(f"{path}: output {OOD_SCORE} must be (batch,) float32, found {found}")

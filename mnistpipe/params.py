@@ -127,8 +127,9 @@ class ExportParams(Section):
     # ONNX opset of the graph; 18 is the oldest the dynamo exporter writes, 23 the newest that
     # the pinned onnxruntime runs
     opset: int = Field(ge=18, le=23)
-    # the largest logit difference allowed between ONNX Runtime and PyTorch on the validation
-    # split (float32 rounding gives about 1e-6); any larger, or another class, fails the stage
+    # the largest logit or OOD-score difference allowed between ONNX Runtime and PyTorch on the
+    # validation split (float32 rounding gives about 1e-6); any larger, or another class, fails
+    # the stage
     tolerance: float = Field(gt=0, le=0.01)
 
 

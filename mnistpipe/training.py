@@ -87,6 +87,12 @@ class TrainParams(Section):
     threads: Annotated[int, rule(lambda v: v >= 0, "must be 0 (all cores) or a positive count")]
     # CPU numerics (numerics.py): portable (same bytes on any AVX2 CPU) | fast (oneDNN)
     numerics: Literal[tuple(MODES)]
+    # Outlier exposure (Hendrycks et al., 2019): each batch also holds this many synthetic
+    # non-digits (synthetic.py), trained towards equal probabilities for every class; 0 = off
+    outliers_per_batch: int = Field(ge=0)
+    outlier_weight: float = Field(ge=0)  # their loss's weight beside the digits' loss
+    # share of validation images whose OOD score the fitted threshold flags (ood.py)
+    ood_rejection: Fraction
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,12 @@ def augment(images: torch.Tensor, params: TrainParams, draws: torch.Tensor) -> t
     return shifted.contiguous(memory_format=torch.channels_last)
 
 
+def outlier_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (N, C) logits against equal probabilities for every class: outlier
+    exposure's "none of these"."""
+    return F.cross_entropy(logits, torch.full_like(logits, 1.0 / logits.shape[1]))
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -186,32 +198,48 @@ def train_epoch(
     params: TrainParams,
     generator: torch.Generator,
     progress: tqdm | None = None,
+    outliers: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """One pass over shuffled batches; returns mean loss and accuracy on the augmented batches.
+    """One pass over shuffled batches; returns the digits' mean loss (without the outliers',
+    to compare with the validation loss) and accuracy, on the augmented batches.
 
-    The epoch's random draws are made on the CPU generator and copied to the device once, so
-    a GPU gets no host-to-device copy per batch. On CUDA the forward pass runs in bfloat16
-    autocast (weights, gradients and the optimizer stay float32)."""
+    With `outliers` ((M, 28, 28) uint8 non-digits) each batch also holds
+    `params.outliers_per_batch` of them, drawn at random and augmented like the digits. The
+    epoch's random draws are made on the CPU generator and copied to the device once, so a GPU
+    gets no host-to-device copy per batch. On CUDA the forward pass runs in bfloat16 autocast
+    (weights, gradients and the optimizer stay float32)."""
     model.train()
     device = data.labels.device
     order = torch.randperm(len(data.labels), generator=generator).to(device)
     draws = torch.rand(len(order), 4, generator=generator).to(device)  # augmentation
+    exposed = outliers is not None and params.outliers_per_batch > 0
+    if exposed:
+        steps, per_batch = math.ceil(len(order) / params.batch_size), params.outliers_per_batch
+        picks = torch.randint(len(outliers), (steps, per_batch), generator=generator).to(device)
+        outlier_draws = torch.rand(steps, per_batch, 4, generator=generator).to(device)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for start in range(0, len(order), params.batch_size):
+    for step, start in enumerate(range(0, len(order), params.batch_size)):
         batch = order[start : start + params.batch_size]
-        batch_draws = draws[start : start + params.batch_size]
-        inputs = augment(to_unit(data.images[batch]), params, batch_draws)
+        images, batch_draws = data.images[batch], draws[start : start + len(batch)]
+        if exposed:  # one forward pass: the digits, then the outliers
+            images = torch.cat([images, outliers[picks[step]]])
+            batch_draws = torch.cat([batch_draws, outlier_draws[step]])
+        inputs = augment(to_unit(images), params, batch_draws)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(inputs)
-        loss = F.cross_entropy(
-            logits.float(), data.labels[batch], label_smoothing=params.label_smoothing
+            all_logits = model(inputs).float()
+        logits = all_logits[: len(batch)]
+        digit_loss = F.cross_entropy(
+            logits, data.labels[batch], label_smoothing=params.label_smoothing
         )
+        loss = digit_loss
+        if exposed:
+            loss = loss + params.outlier_weight * outlier_loss(all_logits[len(batch) :])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        total_loss += loss.detach() * len(batch)
+        total_loss += digit_loss.detach() * len(batch)
         correct += (logits.argmax(1) == data.labels[batch]).sum()
         if progress is not None:
             progress.update(len(batch))
@@ -234,8 +262,10 @@ def fit(
     seed: int,
     on_epoch: Callable[[EpochStats], None] = lambda stats: None,
     show_progress: bool = True,
+    outliers: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], EpochStats]:
-    """Train for `params.epochs`; return the weights and stats of the best validation epoch."""
+    """Train for `params.epochs` (with `outliers` as in `train_epoch`); return the weights and
+    stats of the best validation epoch."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, params)
     steps = params.epochs * math.ceil(len(train.labels) / params.batch_size)
@@ -252,7 +282,7 @@ def fit(
             leave=False,
         ) as progress:
             train_loss, train_accuracy = train_epoch(
-                model, optimizer, schedule, train, params, generator, progress
+                model, optimizer, schedule, train, params, generator, progress, outliers
             )
         val_loss, val_accuracy = evaluate(model, val)
         epoch_stats = EpochStats(

@@ -6,7 +6,14 @@ DVC's confusion plot), the misclassified images with their top-2 classes, and th
 table of the confidence before and after the checkpoint's temperature. Confidences in the CSVs
 are calibrated, as the apps show them. For an MNIST model, also the accuracy on foreign
 digits (scikit-learn's, photographed-style pages put through the predict command's
-preprocessing). Reads params `evaluate`.
+preprocessing).
+
+Out of distribution: the test images' OOD scores (in the predictions CSV), the share the
+checkpoint's threshold flags and the accuracy on the rest; and for each kind of synthetic
+non-digit (synthetic.OOD_KINDS, drawn from `seed`) and the foreign digits, one row per image
+in the OOD CSV, and the shares refused by the preprocessing, flagged by the score, and both
+(rejected), with the score's AUROC against the test digits. Reads params `seed` and
+`evaluate`.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mnistpipe import numerics, processed
+from mnistpipe import numerics, ood, processed
 from mnistpipe.calibration import (
     expected_calibration_error,
     negative_log_likelihood,
@@ -30,7 +37,7 @@ from mnistpipe.calibration import (
 from mnistpipe.checkpoints import load_checkpoint, require_same_dataset
 from mnistpipe.cli import run_stage
 from mnistpipe.files import write_text_atomic
-from mnistpipe.imaging import foreign_digit_pages, to_mnist
+from mnistpipe.imaging import ImageError, foreign_digit_pages, to_mnist
 from mnistpipe.metrics import (
     confusion_table,
     misclassified_table,
@@ -38,22 +45,33 @@ from mnistpipe.metrics import (
     summary_metrics,
 )
 from mnistpipe.models import predict_logits
-from mnistpipe.params import PARAMS_FILE, EvaluateParams, load_section
+from mnistpipe.params import PARAMS_FILE, EvaluateParams, load_section, load_seed
+from mnistpipe.synthetic import OOD_KINDS, Page, ood_pages
 from mnistpipe.training import select_device
 
 log = logging.getLogger("evaluate")
+FOREIGN = "foreign digits"  # the OOD table's kind for imaging.foreign_digit_pages
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
     parser.add_argument("--data", type=Path, required=True, help="processed-data folder")
     parser.add_argument("--model", type=Path, required=True, help="checkpoint to score")
-    outputs = ("metrics", "confusion", "per-class", "predictions", "misclassified", "calibration")
+    outputs = (
+        "metrics",
+        "confusion",
+        "per-class",
+        "predictions",
+        "misclassified",
+        "calibration",
+        "ood",
+    )
     for name in outputs:
         parser.add_argument(f"--{name}", type=Path, required=True, help=f"{name} file to write")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
     params = load_section(EvaluateParams, args.params)
+    seed = load_seed(args.params)
     numerics.apply(params.numerics)
 
     checkpoint = load_checkpoint(args.model)
@@ -64,23 +82,48 @@ def main(argv: list[str] | None = None) -> None:
     logits = predict_logits(model, torch.from_numpy(test.images), params.batch_size)
     labels, predicted = test.labels.astype(np.int64), logits.argmax(1).numpy()
     metrics = summary_metrics(labels, logits)
-    if meta.dataset == "mnist":  # foreign digits are digits: other datasets skip them
-        metrics |= foreign_digits(model, checkpoint.temperature, params.batch_size)
     calibration_metrics, reliability = calibration(logits.numpy(), labels, checkpoint.temperature)
     metrics |= calibration_metrics
     probabilities = softmax(logits.numpy(), checkpoint.temperature)
+    scores = ood.score(logits.numpy())
+    kinds = {kind: ood_pages(kind, seed) for kind in OOD_KINDS}
+    if meta.dataset == "mnist":  # foreign digits are digits: other datasets skip them
+        pages, foreign_labels = foreign_digit_pages()
+        named = zip(pages, map(str, foreign_labels), strict=True)
+        kinds[FOREIGN] = list(named)
+    ood_table = pd.concat(
+        [
+            scored_pages(kind, pages, model, checkpoint.temperature, params.batch_size)
+            for kind, pages in kinds.items()
+        ],
+        ignore_index=True,
+    )
+    metrics |= ood_metrics(scores, predicted == labels, ood_table, checkpoint.ood_threshold)
 
     write_text_atomic(args.metrics, json.dumps(metrics, indent=2) + "\n")
     write_text_atomic(args.confusion, confusion_table(labels, predicted, meta.classes).to_csv())
     write_text_atomic(args.per_class, per_class_table(labels, predicted, meta.classes).to_csv())
     confidence = probabilities.max(1).round(6)
     predictions = pd.DataFrame(
-        {"actual": labels, "predicted": predicted, "confidence": confidence}
+        {
+            "actual": labels,
+            "predicted": predicted,
+            "confidence": confidence,
+            "ood_score": scores.round(ood.THRESHOLD_DECIMALS),
+        }
     )
     write_text_atomic(args.predictions, predictions.to_csv(index=False))
     misclassified = misclassified_table(labels, probabilities)
     write_text_atomic(args.misclassified, misclassified.to_csv(index=False))
     write_text_atomic(args.calibration, reliability.to_csv(index=False))
+    write_text_atomic(args.ood, ood_table.to_csv(index=False))
+    log.info(
+        "%s threshold %.4f flags %.2f%% of the test digits; rejected: %s",
+        ood.SCORE_NAME,
+        checkpoint.ood_threshold,
+        100 * metrics["ood_test_flagged"],
+        ", ".join(f"{kind} {100 * metrics[f'ood_{key(kind)}_rejected']:.1f}%" for kind in kinds),
+    )
     log.info(
         "test accuracy %.4f, %d misclassified; ECE %.4f, %.4f at temperature %.4f",
         metrics["accuracy"],
@@ -91,16 +134,68 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def foreign_digits(model: torch.nn.Module, temperature: float, batch_size: int) -> dict:
-    """Accuracy on `imaging.foreign_digit_pages`, prepared as the predict command does, and
-    the mean calibrated confidence the model has in its answers there."""
-    pages, labels = foreign_digit_pages()
-    images = torch.from_numpy(np.stack([to_mnist(page) for page in pages]))
-    probabilities = softmax(predict_logits(model, images, batch_size).numpy(), temperature)
-    return {
-        "foreign_digits_accuracy": round(float(np.mean(probabilities.argmax(1) == labels)), 6),
-        "foreign_digits_confidence": round(float(probabilities.max(1).mean()), 6),
+def key(kind: str) -> str:
+    """A kind's name as a metrics key: "foreign digits" -> "foreign_digits"."""
+    return kind.replace(" ", "_")
+
+
+def scored_pages(
+    kind: str, pages: list[Page], model: torch.nn.Module, temperature: float, batch_size: int
+) -> pd.DataFrame:
+    """One row per page, prepared as the predict command does: what it is, whether the
+    preprocessing refused it, and for those it did not the model's class, its calibrated
+    probability and the OOD score (empty for refused pages)."""
+    images, refused = [], []
+    for page, _ in pages:
+        try:
+            images.append(to_mnist(page))
+            refused.append(False)
+        except ImageError:
+            refused.append(True)
+    table = pd.DataFrame(
+        {"kind": kind, "item": [name for _, name in pages], "refused": refused},
+    )
+    table["predicted"] = pd.Series(pd.NA, index=table.index, dtype="Int64")
+    table["confidence"], table["ood_score"] = np.nan, np.nan
+    if images:
+        logits = predict_logits(model, torch.from_numpy(np.stack(images)), batch_size).numpy()
+        accepted = ~table["refused"].to_numpy()
+        table.loc[accepted, "predicted"] = logits.argmax(1)
+        confidence = softmax(logits, temperature).max(1)
+        table.loc[accepted, "confidence"] = confidence.round(6)
+        table.loc[accepted, "ood_score"] = ood.score(logits).round(ood.THRESHOLD_DECIMALS)
+    return table
+
+
+def ood_metrics(
+    test_scores: np.ndarray, test_correct: np.ndarray, table: pd.DataFrame, threshold: float
+) -> dict[str, float]:
+    """The threshold's effect on the test digits, and per kind of `table` the shares refused,
+    flagged and rejected (either), and the AUROC of the score (refused pages count as
+    +inf) against the test digits; for the foreign digits, also the share answered and right."""
+    test_flagged = ood.flagged(test_scores, threshold)
+    metrics = {
+        "ood_threshold": threshold,
+        "ood_test_flagged": round(float(test_flagged.mean()), 6),
+        "ood_test_accuracy_accepted": round(float(test_correct[~test_flagged].mean()), 6),
     }
+    for kind, rows in table.groupby("kind", sort=False):
+        scores = rows["ood_score"].fillna(np.inf).to_numpy()
+        refused = rows["refused"].to_numpy(dtype=bool)
+        flagged = ood.flagged(scores, threshold) & ~refused
+        name = key(str(kind))
+        metrics[f"ood_{name}_refused"] = round(float(refused.mean()), 6)
+        metrics[f"ood_{name}_flagged"] = round(float(flagged.mean()), 6)
+        metrics[f"ood_{name}_rejected"] = round(float((refused | flagged).mean()), 6)
+        if kind == FOREIGN:  # digits: being answered, and right, is the goal
+            right = (rows["predicted"].astype("string") == rows["item"]).fillna(False)
+            metrics["foreign_digits_accuracy"] = round(float(right.mean()), 6)
+            metrics["foreign_digits_confidence"] = round(float(rows["confidence"].mean()), 6)
+            answered_right = right.to_numpy(dtype=bool) & ~flagged
+            metrics[f"ood_{name}_answered_right"] = round(float(answered_right.mean()), 6)
+        else:
+            metrics[f"ood_{name}_auroc"] = round(ood.auroc(test_scores, scores), 6)
+    return metrics
 
 
 def calibration(

@@ -1,13 +1,13 @@
 """Stage `export`: the checkpoint as `models/model.onnx`, which runs on ONNX Runtime alone.
 
-The graph is the whole classifier: uint8 images in; logits and calibrated probabilities out
-(the contract is in mnistpipe/onnx_model.py, with the metadata: dataset, class names,
-temperature, the checkpoint's SHA-256). It is made by torch's dynamo-based exporter
-(`torch.onnx.export(..., dynamo=True)`), the default since torch 2.9 and the one PyTorch
-maintains; the TorchScript exporter is deprecated. Its `dynamic_shapes` marks the batch axis.
-Before anything is written, ONNX Runtime must agree with PyTorch on the validation split:
-the largest logit difference under `export.tolerance`, and the same class for every image.
-Reads params `export`.
+The graph is the whole classifier: uint8 images in; logits, calibrated probabilities and the
+out-of-distribution score out (the contract is in mnistpipe/onnx_model.py, with the metadata:
+dataset, class names, temperature, OOD threshold, the checkpoint's SHA-256). It is made by
+torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`), the default since torch
+2.9 and the one PyTorch maintains; the TorchScript exporter is deprecated. Its
+`dynamic_shapes` marks the batch axis. Before anything is written, ONNX Runtime must agree
+with PyTorch on the validation split: the largest logit and OOD-score difference under
+`export.tolerance`, and the same class for every image. Reads params `export`.
 """
 
 from __future__ import annotations
@@ -21,29 +21,40 @@ import onnx
 import torch
 from torch import nn
 
-from mnistpipe import processed
+from mnistpipe import ood, processed
 from mnistpipe.checkpoints import Checkpoint, load_checkpoint, require_same_dataset
 from mnistpipe.cli import run_stage
+from mnistpipe.datasets import DATASETS
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import sha256_file, write_bytes_atomic
 from mnistpipe.models import predict_logits, to_unit
-from mnistpipe.onnx_model import INPUT, LOGITS, PROBABILITIES, Metadata, finish, load_onnx
+from mnistpipe.onnx_model import (
+    INPUT,
+    LOGITS,
+    OOD_SCORE,
+    PROBABILITIES,
+    Metadata,
+    finish,
+    load_onnx,
+)
 from mnistpipe.params import PARAMS_FILE, ExportParams, load_section
 
 log = logging.getLogger("export")
 
 
 class Deployable(nn.Module):
-    """uint8 images in, (logits, calibrated probabilities) out: what the ONNX graph computes."""
+    """uint8 images in, (logits, calibrated probabilities, OOD score) out: what the ONNX graph
+    computes. The score is ood.score's, -max(logits)."""
 
     def __init__(self, model: nn.Module, temperature: float) -> None:
         super().__init__()
         self.model = model
         self.temperature = temperature
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.model(to_unit(images))  # (N, 28, 28) uint8 -> (N, classes) float32
-        return logits, torch.softmax(logits / self.temperature, dim=1)
+        probabilities = torch.softmax(logits / self.temperature, dim=1)
+        return logits, probabilities, -logits.amax(dim=1)  # (N,) OOD score
 
 
 def export_graph(checkpoint: Checkpoint, opset: int) -> onnx.ModelProto:
@@ -55,7 +66,7 @@ def export_graph(checkpoint: Checkpoint, opset: int) -> onnx.ModelProto:
         (example,),
         dynamo=True,
         input_names=[INPUT],
-        output_names=[LOGITS, PROBABILITIES],
+        output_names=[LOGITS, PROBABILITIES, OOD_SCORE],
         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
         opset_version=opset,
         optimize=True,
@@ -69,7 +80,10 @@ def export_bytes(checkpoint: Checkpoint, checkpoint_sha256: str, opset: int) -> 
     metadata = Metadata(
         dataset=checkpoint.dataset,
         classes=checkpoint.classes,
+        subject=DATASETS[checkpoint.dataset].subject,
         temperature=checkpoint.temperature,
+        ood_score=ood.SCORE_NAME,
+        ood_threshold=checkpoint.ood_threshold,
         checkpoint_sha256=checkpoint_sha256,
         model=checkpoint.model_section(),
         epoch=checkpoint.epoch,
@@ -81,13 +95,15 @@ def export_bytes(checkpoint: Checkpoint, checkpoint_sha256: str, opset: int) -> 
 def largest_difference(
     onnx_bytes: bytes, checkpoint: Checkpoint, images: np.ndarray, name: str
 ) -> tuple[float, int]:
-    """(largest |logit difference|, images whose class differs) of ONNX Runtime against
-    PyTorch on `images`; `name` names the exported file in errors."""
+    """(largest |logit or OOD score difference|, images whose class differs) of ONNX Runtime
+    against PyTorch and ood.py on `images`; `name` names the exported file in errors."""
     deployed = load_onnx(name, data=onnx_bytes)
-    ours = deployed.run(images, LOGITS)
+    ours, our_scores = deployed.run(images, (LOGITS, OOD_SCORE))
     theirs = predict_logits(checkpoint.build(), torch.from_numpy(images), 1000).numpy()
     differing = int(np.sum(ours.argmax(1) != theirs.argmax(1)))
-    return float(np.abs(ours - theirs).max(initial=0.0)), differing
+    logit_difference = np.abs(ours - theirs).max(initial=0.0)
+    score_difference = np.abs(our_scores - ood.score(theirs)).max(initial=0.0)
+    return float(max(logit_difference, score_difference)), differing
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,13 +124,13 @@ def main(argv: list[str] | None = None) -> None:
     if difference >= params.tolerance or differing:
         raise PipelineError(
             f"{args.out}: ONNX Runtime disagrees with PyTorch on the validation split: largest"
-            f" logit difference {difference:.3g} (export.tolerance {params.tolerance:g}),"
+            f" logit or score difference {difference:.3g} (export.tolerance {params.tolerance:g}),"
             f" {differing} images of another class; nothing written"
         )
     write_bytes_atomic(args.out, onnx_bytes)
     log.info(
         "wrote %s (%d bytes, opset %d): ONNX Runtime against PyTorch on %d validation images,"
-        " largest logit difference %.2g, same classes",
+        " largest logit or score difference %.2g, same classes",
         args.out,
         len(onnx_bytes),
         params.opset,

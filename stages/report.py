@@ -2,7 +2,7 @@
 outputs of the run.
 
 Reads only files that earlier stages wrote (metrics, history, per-class, prediction,
-misclassified and calibration CSVs, class counts, the checkpoint, the ONNX file's hash and the
+misclassified, calibration and OOD CSVs, class counts, the checkpoint, the ONNX file's hash and the
 test images; it runs no model), so the same run always gives the same report. Reads params
 `report`; shows `seed`, `data` and `preprocess`, and the model and training recipe as the
 checkpoint records them.
@@ -18,13 +18,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mnistpipe import figures, processed
+from mnistpipe import figures, ood, processed
 from mnistpipe.checkpoints import Checkpoint, load_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.files import sha256_file, write_bytes_atomic, write_text_atomic
 from mnistpipe.model_card import ModelFile, model_card
 from mnistpipe.params import PARAMS_FILE, ReportParams, load_section, read_params
 from mnistpipe.processed import Split
+from mnistpipe.synthetic import LETTER_FONTS
 
 RUN_SECTIONS = ("seed", "data", "preprocess")  # shown with the checkpoint's model and recipe
 
@@ -52,6 +53,7 @@ class RunTables:
     predictions: pd.DataFrame  # actual, predicted, confidence of each test image, in order
     class_counts: pd.DataFrame
     calibration: pd.DataFrame  # reliability bins before and after the temperature
+    ood: pd.DataFrame  # one row per synthetic non-digit or foreign digit: refused, score
 
     @classmethod
     def read(cls, metrics_dir: Path) -> RunTables:
@@ -67,6 +69,7 @@ class RunTables:
             predictions=pd.read_csv(metrics_dir / "predictions.csv"),
             class_counts=pd.read_csv(metrics_dir / "class_counts.csv", index_col="class"),
             calibration=pd.read_csv(metrics_dir / "calibration.csv"),
+            ood=pd.read_csv(metrics_dir / "ood.csv", dtype={"item": str}),
         )
 
 
@@ -99,7 +102,39 @@ def figures_of_run(
         ),
         "class_distribution.png": figures.class_distribution(run.class_counts),
         "reliability.png": figures.reliability_diagram(run.calibration),
+        "ood_scores.png": figures.ood_histograms(
+            run.predictions["ood_score"].to_numpy(), run.ood, checkpoint.ood_threshold
+        ),
     }
+
+
+def ood_table(run: RunTables) -> pd.DataFrame:
+    """Per kind of evaluate's OOD table: images, and the shares refused by the preprocessing,
+    flagged by the score and rejected (either), with the AUROC or, for digits, the share
+    answered and right; from metrics.json."""
+    rows = []
+    for kind, items in run.ood.groupby("kind", sort=False):
+        key = str(kind).replace(" ", "_")
+        row = {"kind": kind, "images": len(items)}
+        for column in ("refused", "flagged", "rejected", "auroc", "answered_right"):
+            row[column] = run.metrics.get(f"ood_{key}_{column}")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.astype(object).where(table.notna(), None)  # None: an empty cell, not "nan"
+
+
+def passing_letters(run: RunTables, classes: tuple[str, ...], threshold: float) -> str:
+    """The letters that pass as a class (neither refused nor flagged), grouped by letter."""
+    letters = run.ood[run.ood["kind"] == "letters"]
+    passed = letters[~letters["refused"] & (letters["ood_score"] <= threshold)]
+    if passed.empty:
+        return "none"
+    named = passed.assign(letter=passed["item"].str.split().str[0])
+    groups = named.groupby("letter", sort=True)["predicted"]
+    return ", ".join(
+        f"{letter} → {'/'.join(sorted({classes[int(p)] for p in predicted}))} ({len(predicted)})"
+        for letter, predicted in groups
+    )
 
 
 def report_markdown(
@@ -145,6 +180,24 @@ def report_markdown(
         f" {metrics['ece_uncalibrated']:.4f} before, {metrics['ece_calibrated']:.4f} after.",
         "",
         "![Reliability diagram](reliability.png)",
+        "",
+        "## Out of distribution",
+        "",
+        f"An input whose {ood.SCORE_NAME} score is above {checkpoint.ood_threshold} (fitted"
+        f" to flag {checkpoint.recipe.ood_rejection:.0%} of the validation split) is answered"
+        f" as unknown. On the test set it flags {metrics['ood_test_flagged']:.2%} of the"
+        f" digits; accuracy on the rest is {metrics['ood_test_accuracy_accepted']:.4f}. Pages"
+        " of each kind go through the predict command's preprocessing, which refuses blank,"
+        " faint and speck-sized ink; the score flags what reaches the model. AUROC: the"
+        " score against the test digits, refused pages counted as certain rejections.",
+        "",
+        ood_table(run).to_markdown(index=False, floatfmt=".4f"),
+        "",
+        "Letters that pass as a class (letter → class, how many of its"
+        f" {len(LETTER_FONTS)} fonts):"
+        f" {passing_letters(run, checkpoint.classes, checkpoint.ood_threshold)}.",
+        "",
+        "![OOD scores](ood_scores.png)",
         "",
         "## Training",
         "",

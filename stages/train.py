@@ -1,9 +1,11 @@
 """Stage `train`: fit the model of `model` with the recipe of `train` on the processed data.
 
 Writes the checkpoint of the epoch with the best validation accuracy (never chosen by test
-accuracy), with the temperature that calibrates its probabilities on the validation split, and
-a history CSV with one row per epoch (no timings: they differ run to run, and the history is a
-DVC-tracked output). Reads params `seed`, `model` and `train`.
+accuracy), with the temperature that calibrates its probabilities and the threshold of its
+out-of-distribution score, both fitted on the validation split, and a history CSV with one
+row per epoch (no timings: they differ run to run, and the history is a DVC-tracked output).
+With outlier exposure on, each batch also holds synthetic non-digits (synthetic.py). Reads
+params `seed`, `model` and `train`.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mnistpipe import numerics, processed
+from mnistpipe import numerics, ood, processed
 from mnistpipe.calibration import fit_temperature
 from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.files import write_text_atomic
 from mnistpipe.models import ModelParams, build_model, predict_logits
 from mnistpipe.params import PARAMS_FILE, load_section, load_seed
+from mnistpipe.synthetic import training_outliers
 from mnistpipe.training import (
     Data,
     EpochStats,
@@ -35,6 +38,9 @@ from mnistpipe.training import (
 
 log = logging.getLogger("train")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+# Synthetic non-digits drawn once for outlier exposure: each is seen about 7 times in the
+# default recipe's 6 epochs (16 a batch), always differently augmented.
+OUTLIER_IMAGES = 6000
 
 
 def load_data(folder: Path, split: str, device: torch.device) -> Data:
@@ -97,8 +103,12 @@ def train(
             stats.seconds,
         )
 
+    outliers = None
+    if params.outliers_per_batch:
+        outliers = torch.from_numpy(training_outliers(OUTLIER_IMAGES, seed)).to(device)
+        log.info("outlier exposure: %d synthetic non-digits drawn", len(outliers))
     show_progress = sys.stderr.isatty()
-    state, best = fit(model, train_data, val_data, params, seed, record, show_progress)
+    state, best = fit(model, train_data, val_data, params, seed, record, show_progress, outliers)
     checkpoint = Checkpoint(
         model_name=model_params.name,
         model_config=model_params.config,
@@ -110,16 +120,24 @@ def train(
         val_accuracy=best.val_accuracy,
         device=str(device),
     )
-    return calibrated(checkpoint, val_data)
+    return calibrated(checkpoint, val_data, params.ood_rejection)
 
 
-def calibrated(checkpoint: Checkpoint, val_data: Data) -> Checkpoint:
-    """The checkpoint with the temperature that calibrates its inference model on `val_data`."""
+def calibrated(checkpoint: Checkpoint, val_data: Data, ood_rejection: float) -> Checkpoint:
+    """The checkpoint with the temperature that calibrates its inference model on `val_data`,
+    and the OOD threshold that flags a share `ood_rejection` of it."""
     model = checkpoint.build().to(val_data.images.device)
     logits = predict_logits(model, val_data.images, batch_size=1000).numpy()
     temperature = fit_temperature(logits, val_data.labels.cpu().numpy())
-    log.info("calibration temperature %.4f (fitted on the validation split)", temperature)
-    return dataclasses.replace(checkpoint, temperature=temperature)
+    threshold = ood.fit_threshold(ood.score(logits), ood_rejection)
+    log.info(
+        "calibration temperature %.4f, %s threshold %.4f (flags %.1f%% of the validation split)",
+        temperature,
+        ood.SCORE_NAME,
+        threshold,
+        100 * ood_rejection,
+    )
+    return dataclasses.replace(checkpoint, temperature=temperature, ood_threshold=threshold)
 
 
 def main(argv: list[str] | None = None) -> None:

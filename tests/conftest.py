@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mnistpipe import idx
 from mnistpipe.datasets import (
@@ -22,7 +26,9 @@ from mnistpipe.datasets import (
 )
 from mnistpipe.files import md5_hex
 from mnistpipe.models import CNNConfig
+from mnistpipe.synthetic import ood_pages
 from mnistpipe.training import Data, TrainParams
+from tools.compose_params import compose
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +49,9 @@ RECIPE = TrainParams(
     device="cpu",
     threads=1,
     numerics="fast",
+    outliers_per_batch=0,
+    outlier_weight=0.5,
+    ood_rejection=0.01,
 )
 SMALL_CNN = CNNConfig(channels=(4, 8), convs=(1, 1))
 
@@ -78,6 +87,7 @@ def synthetic_spec(files: dict[str, bytes]) -> DatasetSpec:
         md5={name: md5_hex(files[name]) for name in IDX_FILES},
         classes=tuple(str(digit) for digit in range(10)),
         description="random noise in MNIST's format, for tests",
+        subject="a digit",
     )
 
 
@@ -180,3 +190,63 @@ def pipeline_repo(pipeline_baseline, tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     shutil.copytree(pipeline_baseline[0], repo, symlinks=True)
     return repo
+
+
+@pytest.fixture(scope="session")
+def served(pipeline_baseline, tmp_path_factory):
+    """(ONNX model path, processed-data folder): the fast recipe's CNN trained for 4 epochs
+    with augmentation and outlier exposure on the baseline's real MNIST subset (about 97%
+    test accuracy), exported by the export stage; its checkpoint lies beside it."""
+    repo, _ = pipeline_baseline
+    folder = tmp_path_factory.mktemp("served")
+    overrides = [
+        "recipe=fast",
+        "train.epochs=4",
+        "train.augment_rotate=10.0",
+        "train.augment_shift=2.0",
+        "train.augment_scale=0.1",
+        # Stronger outlier exposure than the default's, for a model that sees 5,000 digits
+        "train.outliers_per_batch=32",
+        "train.outlier_weight=0.5",
+    ]
+    (folder / "params.yaml").write_text(compose(REPO, overrides))
+    model, data = folder / "model.pt", repo / "data" / "processed"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "stages.train",
+            "--data",
+            str(data),
+            "--model",
+            str(model),
+            "--history",
+            str(folder / "history.csv"),
+            "--params",
+            str(folder / "params.yaml"),
+        ],
+        REPO,
+    )
+    onnx = folder / "model.onnx"
+    export = ["--model", str(model), "--data", str(data), "--out", str(onnx)]
+    run(
+        [sys.executable, "-m", "stages.export", *export, "--params", str(folder / "params.yaml")],
+        REPO,
+    )
+    (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.97}))
+    return onnx, data
+
+
+def non_digit_uploads() -> dict[str, list[bytes]]:
+    """PNG files of three kinds of non-digit that evaluate measures, drawn from another seed
+    than evaluate's: 40 blanks, 40 noise pages, 40 pages of dots."""
+
+    def png(page: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(np.rint(page), 0, 255).astype(np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    return {
+        kind: [png(page) for page, _ in ood_pages(kind, seed=7)[:40]]
+        for kind in ("blank", "noise", "dots")
+    }

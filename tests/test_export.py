@@ -17,12 +17,14 @@ from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import sha256_file
 from mnistpipe.models import build_model, predict_logits
-from mnistpipe.onnx_model import LOGITS, PROBABILITIES, Metadata, classify, load_onnx
+from mnistpipe.onnx_model import LOGITS, OOD_SCORE, PROBABILITIES, Metadata, classify, load_onnx
+from mnistpipe.ood import score
 from stages.export import main
 from tests.conftest import RECIPE, REPO, SMALL_CNN, toy_data
 
 CLASSES = tuple("0123456789")
 TEMPERATURE = 1.7
+OOD_THRESHOLD = -2.5
 EPOCH = 3
 VAL_ACCURACY = 0.4375
 PARAMS = "seed: 3\nexport:\n  opset: 20\n  tolerance: {tolerance}\n"
@@ -94,6 +96,7 @@ def checkpoint(workspace):
         EPOCH,
         VAL_ACCURACY,
         temperature=TEMPERATURE,
+        ood_threshold=OOD_THRESHOLD,
     )
     path = workspace / "models" / "model.pt"
     path.parent.mkdir()
@@ -135,6 +138,8 @@ def test_export_writes_a_model_with_the_checkpoints_metadata(exported, deployed,
     assert meta.classes == deployed.classes == CLASSES == ckpt.classes
     assert meta.dataset == "mnist" == ckpt.dataset
     assert meta.temperature == TEMPERATURE == ckpt.temperature
+    assert meta.ood_threshold == OOD_THRESHOLD == ckpt.ood_threshold
+    assert (meta.ood_score, meta.subject) == ("max-logit", "a digit")
     assert meta.epoch == EPOCH and meta.val_accuracy == VAL_ACCURACY
     assert meta.model == {
         "name": "cnn",
@@ -146,7 +151,7 @@ def test_export_writes_a_model_with_the_checkpoints_metadata(exported, deployed,
     model = onnx.load(exported)
     onnx.checker.check_model(model, full_check=True)
     props = {entry.key: entry.value for entry in model.metadata_props}
-    assert props["format"] == "1"
+    assert props["format"] == "2"
     assert json.loads(props["classes"]) == list(CLASSES)
     assert float(props["temperature"]) == TEMPERATURE
     assert {opset.domain: opset.version for opset in model.opset_import}[""] == 20
@@ -157,10 +162,15 @@ def test_export_writes_a_model_with_the_checkpoints_metadata(exported, deployed,
 @pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_onnx_runtime_agrees_with_pytorch(deployed, checkpoint):
     batch = images(250, seed=5)  # more than one of OnnxClassifier.run's 100-image batches
-    ours = deployed.run(batch, LOGITS)
+    ours, scores = deployed.run(batch, (LOGITS, OOD_SCORE))
     theirs = predict_logits(checkpoint[1].build(), torch.from_numpy(batch), 64).numpy()
     assert ours.dtype == np.float32 and ours.shape == (250, 10)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+    # The graph's score is ood.score of PyTorch's logits: minus the largest, found here apart.
+    assert scores.dtype == np.float32 and scores.shape == (250,)
+    independent = [-max(row) for row in theirs.tolist()]
+    np.testing.assert_allclose(scores, independent, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(score(theirs), independent)
     np.testing.assert_array_equal(ours.argmax(axis=1), theirs.argmax(axis=1))
     # The logits are not all alike: the comparison can tell classes apart.
     assert len(set(theirs.argmax(axis=1).tolist())) > 1
@@ -169,8 +179,9 @@ def test_onnx_runtime_agrees_with_pytorch(deployed, checkpoint):
 @pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_probabilities_are_the_logits_calibrated_by_the_temperature(deployed):
     batch = images(60, seed=6)
-    logits = deployed.run(batch, LOGITS)
-    probabilities = classify(deployed, batch)
+    (logits,) = deployed.run(batch, (LOGITS,))
+    answers = classify(deployed, batch)
+    probabilities = answers.probabilities
     assert probabilities.dtype == np.float32 and probabilities.shape == (60, 10)
     np.testing.assert_allclose(probabilities, reference_softmax(logits, TEMPERATURE), atol=1e-6)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -188,12 +199,26 @@ def test_the_batch_axis_is_dynamic(deployed, checkpoint, count):
     assert logits.shape == probabilities.shape == (count, 10)
     theirs = predict_logits(checkpoint[1].build(), torch.from_numpy(batch), 100).numpy()
     np.testing.assert_allclose(logits, theirs, rtol=0, atol=1e-4)
-    assert classify(deployed, batch).shape == (count, 10)
+    answers = classify(deployed, batch)
+    assert answers.probabilities.shape == (count, 10) and answers.scores.shape == (count,)
 
 
 @pytest.mark.slow  # a real export (torch.onnx, seconds)
 def test_no_batch_gives_no_rows(deployed):
-    assert classify(deployed, np.zeros((0, 28, 28), np.uint8)).shape == (0, 10)
+    answers = classify(deployed, np.zeros((0, 28, 28), np.uint8))
+    assert answers.probabilities.shape == (0, 10) and answers.scores.shape == (0,)
+    assert list(answers) == []
+
+
+@pytest.mark.slow  # a real export (torch.onnx, seconds)
+def test_answers_are_flagged_above_the_threshold(deployed):
+    answers = classify(deployed, images(40, seed=8))
+    scores = answers.scores
+    assert answers.threshold == OOD_THRESHOLD
+    flags = [answer.flagged for answer in answers]
+    assert flags == (scores > OOD_THRESHOLD).tolist()
+    # The test means something: this batch has images on both sides of the threshold.
+    assert any(flags) and not all(flags), scores
 
 
 @pytest.mark.slow  # a real export (torch.onnx, seconds)
@@ -268,11 +293,14 @@ def test_bad_params_are_refused_before_exporting(
 # Bad model files
 
 
-def metadata(classes=CLASSES):
+def metadata(classes=CLASSES, ood_threshold=-3.0):
     return Metadata(
         dataset="mnist",
         classes=tuple(classes),
+        subject="a digit",
         temperature=1.0,
+        ood_score="max-logit",
+        ood_threshold=ood_threshold,
         checkpoint_sha256="0" * 64,
         model={"name": "cnn", "cnn": {"channels": [4], "convs": [1], "dropout": 0.0}},
         epoch=1,
@@ -287,27 +315,34 @@ def tiny_model(
     classes=10,
     props=None,
     input_type=TensorProto.UINT8,
+    score=True,
 ):
     """A linear classifier as an ONNX graph: images -> Cast -> Reshape -> MatMul -> logits,
-    Softmax -> probabilities."""
+    Softmax -> probabilities, -ReduceMax -> ood_score."""
     weights = np.random.default_rng(0).normal(scale=1e-3, size=(height * width, classes))
     nodes = [
         helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
         helper.make_node("Reshape", ["pixels", "flat_shape"], ["flat"]),
         helper.make_node("MatMul", ["flat", "weights"], [LOGITS]),
         helper.make_node("Softmax", [LOGITS], [PROBABILITIES], axis=1),
+        helper.make_node("ReduceMax", [LOGITS, "class_axis"], ["top"], keepdims=0),
+        helper.make_node("Neg", ["top"], [OOD_SCORE] if score else ["unused"]),
     ]
     graph = helper.make_graph(
         nodes,
         "tiny",
         [helper.make_tensor_value_info("images", input_type, [batch, height, width])],
         [
-            helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, classes])
-            for name in (LOGITS, PROBABILITIES)
+            *(
+                helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, classes])
+                for name in (LOGITS, PROBABILITIES)
+            ),
+            *([helper.make_tensor_value_info(OOD_SCORE, TensorProto.FLOAT, [batch])] * score),
         ],
         initializer=[
             numpy_helper.from_array(weights.astype(np.float32), "weights"),
             numpy_helper.from_array(np.array([-1, height * width], np.int64), "flat_shape"),
+            numpy_helper.from_array(np.array([1], np.int64), "class_axis"),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
@@ -322,9 +357,11 @@ def test_the_tiny_graph_of_the_contract_loads_and_classifies(tmp_path):
     path.write_bytes(tiny_model())
     model = load_onnx(path)
     assert model.classes == CLASSES and model.metadata == metadata()
-    probabilities = classify(model, images(13, seed=1))
-    assert probabilities.shape == (13, 10)
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    answers = classify(model, images(13, seed=1))
+    assert answers.probabilities.shape == (13, 10) and answers.scores.shape == (13,)
+    np.testing.assert_allclose(answers.probabilities.sum(axis=1), 1.0, atol=1e-5)
+    (logits,) = model.run(images(13, seed=1), (LOGITS,))
+    np.testing.assert_allclose(answers.scores, score(logits), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -344,8 +381,16 @@ def test_the_tiny_graph_of_the_contract_loads_and_classifies(tmp_path):
             {"props": metadata(classes=[*CLASSES, "ten", "eleven"]).to_props()},
             ["output logits must be (batch, 12) float32", "12 classes", "['batch', 10]"],
         ),
+        ({"score": False}, ["output ood_score must be (batch,) float32, found none"]),
     ],
-    ids=["32x32", "fixed-batch", "float-input", "9-outputs", "12-classes-in-metadata"],
+    ids=[
+        "32x32",
+        "fixed-batch",
+        "float-input",
+        "9-outputs",
+        "12-classes-in-metadata",
+        "no-ood-score",
+    ],
 )
 def test_a_graph_of_another_signature_is_refused(tmp_path, shape, fragments):
     path = tmp_path / "other.onnx"
@@ -382,9 +427,13 @@ def test_bad_model_files_are_one_line_errors_naming_them(tmp_path, exported):
             stripped(good, drop=None),
             ["not a model exported by this pipeline", "metadata format None"],
         ),
-        "format2.onnx": (
-            stripped(good, change={"format": "2"}),
-            ["not a model exported by this pipeline", "'2'"],
+        "format1.onnx": (
+            stripped(good, change={"format": "1"}),
+            ["not a model exported by this pipeline", "'1'"],
+        ),
+        "no-threshold.onnx": (
+            stripped(good, drop=["ood_threshold"]),
+            ["metadata key 'ood_threshold' missing"],
         ),
         "no-dataset.onnx": (stripped(good, drop=["dataset"]), ["metadata key 'dataset' missing"]),
         "no-classes.onnx": (stripped(good, drop=["classes"]), ["metadata key 'classes' missing"]),

@@ -154,7 +154,7 @@ def test_missing_and_corrupt_checkpoints_are_named_errors(tmp_path):
     with pytest.raises(PipelineError, match=r"model.pt: not a readable checkpoint"):
         load_checkpoint(path)
     torch.save({"weights": torch.zeros(1)}, path)
-    with pytest.raises(PipelineError, match=r"model.pt: not a checkpoint of format 3"):
+    with pytest.raises(PipelineError, match=r"model.pt: not a checkpoint of format 4"):
         load_checkpoint(path)
 
 

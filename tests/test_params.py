@@ -71,6 +71,9 @@ train:
   device: auto
   threads: 0
   numerics: portable
+  outliers_per_batch: 0
+  outlier_weight: 0.5
+  ood_rejection: 0.01
 export:
   opset: 18
   tolerance: 1.0e-5
@@ -154,6 +157,17 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
         ("opset: 18", "opset: 17", "export.opset: must be at least 18, got 17"),
         ("opset: 18", "opset: 24", "export.opset: must be at most 23, got 24"),
         ("tolerance: 1.0e-5", "tolerance: 0.0", "export.tolerance: must be positive, got 0.0"),
+        ("ood_rejection: 0.01", "ood_rejection: 1.0", "train.ood_rejection: must be in [0, 1)"),
+        (
+            "outliers_per_batch: 0",
+            "outliers_per_batch: -1",
+            "train.outliers_per_batch: must not be negative",
+        ),
+        (
+            "outlier_weight: 0.5",
+            "outlier_weight: -1",
+            "train.outlier_weight: must not be negative",
+        ),
     ],
 )
 def test_bad_params_are_rejected_with_the_key(tmp_path, old, new, message):

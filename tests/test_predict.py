@@ -1,5 +1,6 @@
 """The predict command and the MNIST-style preprocessing of people's images."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -14,9 +15,10 @@ from mnistpipe.datasets import DATASETS
 from mnistpipe.files import sha256_file, write_bytes_atomic
 from mnistpipe.imaging import ImageError, centre_by_mass, load_grey, prepare, to_mnist
 from mnistpipe.models import build_model, predict_logits
+from mnistpipe.onnx_model import load_onnx
 from stages.export import export_bytes
 from tests.conftest import RECIPE, REPO, SMALL_CNN
-from tests.test_export import tiny_model
+from tests.test_export import metadata, tiny_model
 
 
 def block_on_paper(alpha=False):
@@ -155,9 +157,12 @@ def test_predict_round_trips_mnist_images_saved_as_png(tmp_path, model_file):
     result = predict(tmp_path / "pngs", "--model", model_path, "--format", "csv")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "path,label,confidence"
+    assert lines[0] == "path,label,confidence,ood_score,flagged"
     labels = [int(line.split(",")[1]) for line in lines[1:]]
     assert labels == logits.argmax(1).tolist()
+    scores = [float(line.split(",")[3]) for line in lines[1:]]
+    np.testing.assert_allclose(scores, -torch.logsumexp(logits, 1).numpy(), atol=1e-3)
+    assert {line.split(",")[4] for line in lines[1:]} == {"False"}  # its threshold is +inf
     confidences = [float(line.split(",")[2]) for line in lines[1:]]
     calibrated = torch.softmax(logits / checkpoint.temperature, 1).max(1).values
     np.testing.assert_allclose(confidences, calibrated, atol=1e-4)
@@ -206,7 +211,7 @@ def test_predict_json_and_table_formats(tmp_path, linear_model_file):
         assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert record["confidence"] == max(record["probabilities"].values())
     table = predict(tmp_path / "a.png", "--model", model_path).stdout.splitlines()
-    assert table[0].split() == ["path", "label", "confidence"] and len(table) == 2
+    assert table[0].split() == ["path", "label", "confidence", "ood_score"] and len(table) == 2
 
 
 @pytest.mark.slow  # a real export (torch.onnx, seconds)
@@ -223,7 +228,8 @@ def test_predict_names_the_classes_of_a_fashion_mnist_model(tmp_path, fashion_mo
     assert list(record["probabilities"]) == list(DATASETS["fashion-mnist"].classes)
     table = predict(tmp_path / "a.png", "--model", model_path).stdout.splitlines()
     confidence = f"{record['confidence']:.4f}"
-    assert table[1].split() == [str(tmp_path / "a.png"), *expected.split(), confidence]
+    score = f"{record['ood_score']:.3f}"
+    assert table[1].split() == [str(tmp_path / "a.png"), *expected.split(), confidence, score]
 
 
 def test_bad_files_get_an_error_line_and_the_rest_are_predicted(tmp_path, linear_model_file):
@@ -262,3 +268,129 @@ def test_a_missing_or_damaged_model_is_one_clear_line(
     assert result.returncode == 1
     assert result.stderr.startswith(f"predict: error: {path}: {message}")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+ADAPTIVE = Image.Palette.ADAPTIVE  # the exact colours: the default palette would dither
+
+
+def uniform_images():
+    """(name, image) of uniform images in every mode a file can hold, dark to light."""
+    for shade in (0, 1, 60, 127, 128, 200, 254, 255):
+        yield f"L{shade}.png", Image.new("L", (40, 30), shade)
+        yield f"RGB{shade}.jpg", Image.new("RGB", (28, 28), (shade, shade // 2, 255 - shade))
+        yield f"RGBA{shade}.png", Image.new("RGBA", (28, 28), (shade, shade, shade, 255))
+        yield f"RGBA{shade}-clear.png", Image.new("RGBA", (50, 50), (shade, 0, 0, 0))
+        paletted = Image.new("RGB", (30, 30), (shade,) * 3).convert("P", palette=ADAPTIVE)
+        yield f"P{shade}.gif", paletted
+        yield f"I16-{shade}.png", Image.new("I;16", (28, 28), shade * 257)
+
+
+def test_uniform_images_of_every_shade_and_mode_are_refused(tmp_path, linear_model_file):
+    names = []
+    for name, image in uniform_images():
+        image.save(tmp_path / name)
+        names.append(name)
+    # An animated GIF whose first frame is black, whatever follows.
+    frames = [Image.new("L", (28, 28), 0), Image.new("L", (28, 28), 255)]
+    frames[1].paste(0, (5, 5, 20, 20))
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:])
+    names.append("animated.gif")
+    result = predict(tmp_path, "--model", linear_model_file)
+    assert result.returncode == 1 and result.stdout == ""
+    errors = result.stderr.strip().splitlines()
+    assert errors[-1] == f"predict: {len(names)} of {len(names)} files failed"
+    for name in names:
+        (line,) = [
+            line for line in errors if line.startswith(f"predict: error: {tmp_path / name}:")
+        ]
+        assert line.endswith("no ink found (the image is blank or has too little contrast)")
+
+
+@pytest.mark.parametrize(
+    ("size", "dot"),
+    [((28, 28), (13, 13, 15, 15)), ((300, 400), (100, 100, 130, 125)), ((64, 48), (0, 0, 4, 4))],
+    ids=["28x28-mnist-style", "page", "corner"],
+)
+@pytest.mark.parametrize("polarity", ["light-on-dark", "dark-on-light"])
+def test_a_dot_or_a_speck_is_refused_as_too_little_ink(
+    tmp_path, linear_model_file, size, dot, polarity
+):
+    paper, ink = (0, 255) if polarity == "light-on-dark" else (255, 0)
+    image = Image.new("L", size[::-1], paper)
+    image.paste(ink, dot)
+    image.save(tmp_path / "dot.png")
+    result = predict(tmp_path / "dot.png", "--model", linear_model_file)
+    assert result.returncode == 1
+    line = result.stderr.splitlines()[0]
+    assert line.startswith(f"predict: error: {tmp_path / 'dot.png'}: too little ink for a digit")
+    assert "a dot or a speck" in line
+
+
+def test_a_digit_sized_mark_is_not_a_speck():
+    """The span rule's edge: ink across a fifth of the shorter side passes, less does not."""
+    image = np.zeros((28, 28), np.float32)
+    image[10:16, 12] = 255  # 6 px: 0.2 * 28 = 5.6
+    assert to_mnist(image).max() == 255
+    image[10, 12] = 0  # 5 px
+    with pytest.raises(ImageError, match="spans 5 px"):
+        to_mnist(image)
+
+
+def flagging_model(tmp_path, pages):
+    """The linear contract model, its threshold between the OOD scores of `pages` (prepared
+    as the command does), so that the first is answered and the second flagged."""
+    from mnistpipe.onnx_model import LOGITS, load_onnx
+    from mnistpipe.ood import score
+
+    plain = load_onnx("linear.onnx", data=tiny_model())
+    (logits,) = plain.run(np.stack([prepare(page) for page in pages]), (LOGITS,))
+    first, second = score(logits)
+    assert first < second, (first, second)  # else pick other pages
+    path = tmp_path / "flagging.onnx"
+    path.write_bytes(tiny_model(props=metadata(ood_threshold=(first + second) / 2).to_props()))
+    return path, logits
+
+
+def test_predict_says_unknown_above_the_threshold_and_guesses_on_request(tmp_path):
+    block_on_paper().save(tmp_path / "a.png")
+    noise = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(noise // 2).save(tmp_path / "b.png")
+    pages = [tmp_path / "a.png", tmp_path / "b.png"]
+    model, logits = flagging_model(tmp_path, pages)
+    guess = str(int(logits[1].argmax()))
+
+    rows = list(
+        csv.reader(predict(*pages, "--model", model, "--format", "csv").stdout.splitlines())
+    )
+    assert [row[1] for row in rows[1:]] == [str(int(logits[0].argmax())), ""]
+    assert [row[4] for row in rows[1:]] == ["False", "True"]
+    records = [
+        json.loads(line)
+        for line in predict(*pages, "--model", model, "--format", "json").stdout.splitlines()
+    ]
+    assert [r["label"] for r in records] == [str(int(logits[0].argmax())), None]
+    assert [r["flagged"] for r in records] == [False, True]
+    assert records[1]["probabilities"][guess] == records[1]["confidence"]
+
+    result = predict(*pages, "--model", model)
+    assert result.returncode == 0
+    row = result.stdout.splitlines()[2].split()
+    assert row[:3] == [str(pages[1]), "unknown", "-"]
+    assert result.stderr.strip() == (
+        f"predict: 1 of 2 images do not look like a digit (OOD score above"
+        f" {load_onnx(model).metadata.ood_threshold:g});"
+        " --guess shows the best guess anyway"
+    )
+    guessed = predict(*pages, "--model", model, "--guess")
+    assert guessed.stdout.splitlines()[2].split()[:3] == [str(pages[1]), "unknown", f"({guess}?)"]
+    assert guessed.stderr.strip() == (
+        f"predict: 1 of 2 images do not look like a digit (OOD score above"
+        f" {load_onnx(model).metadata.ood_threshold:g})"
+    )
+    records = [
+        json.loads(line)
+        for line in predict(
+            *pages, "--model", model, "--format", "json", "--guess"
+        ).stdout.splitlines()
+    ]
+    assert records[1]["label"] == guess and records[1]["flagged"] is True

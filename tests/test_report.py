@@ -24,6 +24,7 @@ FIGURES = (
     "samples.png",
     "class_distribution.png",
     "reliability.png",
+    "ood_scores.png",
 )
 
 
@@ -49,6 +50,7 @@ def report(tmp_path, out, chain, params):
         "misclassified": "misclassified.csv",
         "predictions": "predictions.csv",
         "calibration": "calibration.csv",
+        "ood": "ood.csv",
     }
     for name, path in chain[1].items():
         if name in names:
@@ -96,6 +98,7 @@ def test_report_has_every_figure_and_is_deterministic(tmp_path, raw_dir):
         "## Per class",
         "## Most confused pairs",
         "## Calibration",
+        "## Out of distribution",
         "## Params of the run",
         "Weakest classes by F1",
     ):
@@ -111,6 +114,7 @@ def test_report_has_every_figure_and_is_deterministic(tmp_path, raw_dir):
         "## Metrics (test set)",
         "## Calibration",
         "## Foreign inputs",
+        "## Inputs that are not digits",
         "## Limitations",
         "## How to reproduce",
     ]
@@ -119,6 +123,10 @@ def test_report_has_every_figure_and_is_deterministic(tmp_path, raw_dir):
     assert f"{metrics['ece_uncalibrated']:.2%} before, {metrics['ece_calibrated']:.2%}" in card
     onnx_hash = hashlib.sha256((chain[0] / "model.onnx").read_bytes()).hexdigest()
     assert f"SHA-256 `{onnx_hash}`" in card
+    assert f"above {metrics['ood_threshold']}" in card
+    assert f"noise {metrics['ood_noise_rejected']:.1%}" in card
+    ood = pd.read_csv(tmp_path / "metrics" / "ood.csv")
+    assert set(ood["kind"]) == {"blank", "noise", "dots", "strokes", "letters", "foreign digits"}
     per_class = pd.read_csv(tmp_path / "metrics" / "per_class.csv", dtype={"class": str})
     assert per_class.to_markdown(index=False, floatfmt=".4f") in card  # the file's numbers
 

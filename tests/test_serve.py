@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import csv
 import hashlib
 import io
 import json
@@ -33,56 +34,13 @@ from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.datasets import DATASETS
 from mnistpipe.onnx_model import load_onnx
 from mnistpipe.params import ServeParams
-from tests.conftest import REPO, run
-from tests.test_predict import exported
-from tools.compose_params import compose
+from tests.conftest import REPO, non_digit_uploads
+from tests.test_predict import exported, uniform_images
 
 CHROMIUM = Path("/usr/bin/chromium")
 PARAMS = ServeParams(
     host="127.0.0.1", port=8000, max_upload_mb=0.25, max_batch=64, batch_wait_ms=50.0
 )
-
-
-@pytest.fixture(scope="session")
-def served(pipeline_baseline, tmp_path_factory):
-    """(ONNX model path, processed-data folder): the fast recipe's CNN trained for 4 epochs
-    with augmentation on the baseline's real MNIST subset (about 97% test accuracy), exported
-    by the export stage; its checkpoint lies beside it."""
-    repo, _ = pipeline_baseline
-    folder = tmp_path_factory.mktemp("served")
-    overrides = [
-        "recipe=fast",
-        "train.epochs=4",
-        "train.augment_rotate=10.0",
-        "train.augment_shift=2.0",
-        "train.augment_scale=0.1",
-    ]
-    (folder / "params.yaml").write_text(compose(REPO, overrides))
-    model, data = folder / "model.pt", repo / "data" / "processed"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "stages.train",
-            "--data",
-            str(data),
-            "--model",
-            str(model),
-            "--history",
-            str(folder / "history.csv"),
-            "--params",
-            str(folder / "params.yaml"),
-        ],
-        REPO,
-    )
-    onnx = folder / "model.onnx"
-    export = ["--model", str(model), "--data", str(data), "--out", str(onnx)]
-    run(
-        [sys.executable, "-m", "stages.export", *export, "--params", str(folder / "params.yaml")],
-        REPO,
-    )
-    (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.97}))
-    return onnx, data
 
 
 @pytest.fixture
@@ -113,9 +71,11 @@ def test_a_digit_page_is_answered_as_the_predict_command_would(client, served):
     payloads = mnist_payloads(data, count=20)
     expected = expected_labels(model, payloads)
     labels = processed.load_split(data, "test").labels[:20]
+    assert expected.count(None) <= 2  # a real digit is rarely flagged
     for body, digit in zip(payloads, expected, strict=True):
         answer = post(client, body).json()
-        assert answer["label"] == digit and answer["index"] == int(digit)
+        assert answer["label"] == digit and answer["flagged"] == (digit is None)
+        assert answer["index"] == (None if digit is None else int(digit))
         probabilities = answer["probabilities"]
         assert list(probabilities) == [str(d) for d in range(10)]
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
@@ -123,6 +83,32 @@ def test_a_digit_page_is_answered_as_the_predict_command_would(client, served):
         seen = np.array(answer["input"])
         assert seen.shape == (28, 28) and seen.max() > 128 and seen[0].max() == 0
     assert np.mean([e == str(label) for e, label in zip(expected, labels, strict=True)]) >= 0.85
+
+
+@pytest.mark.slow
+def test_a_flagged_image_gets_its_guess_on_request(client):
+    noise = np.random.default_rng(3).integers(0, 256, (28, 28), dtype=np.uint8)
+    plain = post(client, png(noise)).json()
+    assert plain["flagged"] and plain["label"] is None
+    guessed = client.post(
+        "/api/predict?guess=true", files={"file": ("noise.png", png(noise), "image/png")}
+    ).json()
+    best = max(guessed["probabilities"], key=guessed["probabilities"].get)
+    assert guessed["flagged"] and guessed["label"] == best and guessed["index"] == int(best)
+    assert guessed["ood_score"] == plain["ood_score"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for name, _ in uniform_images()])
+def test_uniform_uploads_of_every_shade_and_mode_get_422(client, name):
+    image = dict(uniform_images())[name]
+    buffer = io.BytesIO()
+    image.save(buffer, format=Image.registered_extensions()[Path(name).suffix])
+    response = client.post("/api/predict", files={"file": (name, buffer.getvalue())})
+    assert response.status_code == 422
+    assert response.json()["error"] == (
+        "upload: no ink found (the image is blank or has too little contrast)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -218,6 +204,61 @@ def test_load_of_200_requests_from_8_clients_is_answered_correctly(server, serve
     result = run_load(server, payloads, expected_labels(model, payloads), 200, 8, timeout_s=30)
     assert (result.correct, result.failed) == (200, 0)
     assert 0 < result.p50_ms <= result.p95_ms
+
+
+@pytest.mark.slow
+def test_the_real_server_refuses_or_flags_non_digits_and_answers_digits(server, served):
+    """Through `python -m apps.serve`, on a model trained with outlier exposure (a small one:
+    the canonical model's rates are in metrics/metrics.json): every blank is refused with
+    422, noise and dots are refused or flagged with label null, and real digits are not."""
+    _, data = served
+    outcomes = {}
+    for kind, bodies in non_digit_uploads().items():
+        rejected = []
+        for body in bodies:
+            response = httpx2.post(f"{server}/api/predict", files={"file": ("x.png", body)})
+            answer = response.json()
+            if response.status_code == 200 and answer["flagged"]:
+                assert answer["label"] is None and answer["index"] is None
+                assert answer["message"] == "this does not look like a digit"
+                assert answer["ood_score"] > answer["ood_threshold"]
+            else:
+                assert response.status_code in (200, 422), answer
+            rejected.append(response.status_code == 422 or answer["flagged"])
+        outcomes[kind] = np.mean(rejected)
+    digits = mnist_payloads(data, count=100)
+    answers = [httpx2.post(f"{server}/api/predict", files={"file": ("d.png", b)}) for b in digits]
+    outcomes["digits"] = np.mean([answer.json()["flagged"] for answer in answers])
+    assert outcomes["blank"] == 1.0, outcomes
+    assert outcomes["noise"] >= 0.95 and outcomes["dots"] >= 0.9, outcomes
+    assert outcomes["digits"] <= 0.05, outcomes
+
+
+@pytest.mark.slow
+def test_the_predict_command_refuses_or_flags_non_digits_and_answers_digits(served, tmp_path):
+    """The same through `python -m apps.predict`, one folder per kind."""
+    model, data = served
+    for kind, bodies in {**non_digit_uploads(), "digits": mnist_payloads(data, 100)}.items():
+        folder = tmp_path / kind
+        folder.mkdir()
+        for index, body in enumerate(bodies):
+            (folder / f"{index:03d}.png").write_bytes(body)
+    command = [sys.executable, "-m", "apps.predict", "--model", str(model), "--format", "csv"]
+    outcomes = {}
+    for kind in ("blank", "noise", "dots", "digits"):
+        result = subprocess.run(
+            [*command, str(tmp_path / kind)], cwd=REPO, capture_output=True, text=True
+        )
+        rows = list(csv.DictReader(io.StringIO(result.stdout)))
+        refused = [line for line in result.stderr.splitlines() if ": error: " in line]
+        assert all("no ink found" in line or "too little ink" in line for line in refused)
+        for row in rows:
+            assert (row["label"] == "") == (row["flagged"] == "True")
+        flagged = sum(row["flagged"] == "True" for row in rows)
+        outcomes[kind] = (len(refused) + flagged) / (len(refused) + len(rows))
+    assert outcomes["blank"] == 1.0, outcomes
+    assert outcomes["noise"] >= 0.95 and outcomes["dots"] >= 0.9, outcomes
+    assert outcomes["digits"] <= 0.05, outcomes
 
 
 @pytest.mark.slow
@@ -319,6 +360,34 @@ def test_the_page_in_chromium_draws_and_uploads(server, served, tmp_path):
         assert Image.open(tmp_path / "page.png").size[0] > 300
 
 
+def upload(page, path: Path, wait_for: str) -> None:
+    """Upload `path` through the page's file input and wait until `wait_for` (JS) holds."""
+    page.locator("#file").set_input_files(str(path))
+    page.wait_for_function(wait_for, timeout=10_000)
+
+
+@pytest.mark.slow
+def test_the_page_in_chromium_refuses_blanks_and_flags_non_digits(server, tmp_path):
+    status = "document.querySelector('#status').textContent"
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(server)
+        # An animated GIF of black frames: refused, as its first frame is blank.
+        frames = [Image.new("L", (28, 28), 0) for _ in range(3)]
+        frames[0].save(tmp_path / "black.gif", save_all=True, append_images=frames[1:])
+        upload(page, tmp_path / "black.gif", f"{status}.includes('no ink found')")
+        assert page.locator("#label").text_content() == "?"
+        assert "error" in page.locator("#status").get_attribute("class")
+        noise = np.random.default_rng(3).integers(0, 256, (28, 28), dtype=np.uint8)
+        Image.fromarray(noise).save(tmp_path / "noise.png")
+        upload(page, tmp_path / "noise.png", f"{status}.includes('does not look like a digit')")
+        assert page.locator("#label").text_content() == "?"
+        page.check("#guess")  # the best guess, marked as a guess
+        guess = page.locator("#label").text_content()
+        assert len(guess) == 2 and guess[0].isdigit() and guess[1] == "?"
+        assert page.locator("#confidence").text_content().startswith("guess, ")
+
+
 @pytest.fixture(scope="module")
 def fashion_server(tmp_path_factory):
     """The real server on a (random-weight) Fashion-MNIST model: (URL, model path)."""
@@ -331,7 +400,8 @@ def fashion_server(tmp_path_factory):
 def test_a_fashion_mnist_model_is_served_with_its_class_names(fashion_server):
     url, model = fashion_server
     classes = list(DATASETS["fashion-mnist"].classes)
-    assert httpx2.get(f"{url}/healthz").json()["classes"] == classes
+    health = httpx2.get(f"{url}/healthz").json()
+    assert health["classes"] == classes and health["subject"] == "clothing"
     body = png(np.pad(np.full((20, 10), 255), 4))
     answer = httpx2.post(f"{url}/api/predict", files={"file": ("a.png", body)}).json()
     assert answer["label"] == expected_labels(model, [body])[0] == classes[answer["index"]]

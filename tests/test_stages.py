@@ -52,6 +52,9 @@ train:
   device: auto
   threads: 1
   numerics: portable
+  outliers_per_batch: 0
+  outlier_weight: 0.5
+  ood_rejection: 0.01
 export:
   opset: 20
   tolerance: 1.0e-4
@@ -207,7 +210,15 @@ def run_chain(tmp_path, raw_dir, params, run):
         params,
     )
     assert result.returncode == 0, result.stderr
-    names = ("metrics", "confusion", "per-class", "predictions", "misclassified", "calibration")
+    names = (
+        "metrics",
+        "confusion",
+        "per-class",
+        "predictions",
+        "misclassified",
+        "calibration",
+        "ood",
+    )
     paths = {name: out / f"{name}.out" for name in names}
     flags = [item for name in names for item in (f"--{name}", paths[name])]
     result = stage(

@@ -17,6 +17,7 @@ let drawn = 0;
 let sent = 0; // the version last sent
 let cleared = 0; // answers for versions before this are stale
 let thing = "digit"; // what the model classifies, from its class names (describeModel)
+let lastAnswer = null; // shown again when the guess box is ticked or cleared
 
 function clearPad() {
   drawn += 1;
@@ -26,7 +27,9 @@ function clearPad() {
   ink.fillRect(0, 0, pad.width, pad.height);
   seen.clearRect(0, 0, 28, 28);
   document.getElementById("label").textContent = "?";
+  document.getElementById("label").classList.remove("unknown");
   document.getElementById("confidence").textContent = "";
+  lastAnswer = null;
   showBars(null);
   setStatus(`Draw ${article(thing)} ${thing} to start.`, false);
 }
@@ -45,6 +48,8 @@ async function describeModel() {
   thing = digits ? "digit" : "item";
   document.title = `${health.dataset} classifier`;
   document.getElementById("heading").textContent = `Draw ${article(thing)} ${thing}`;
+  document.getElementById("guess-text").textContent =
+    `Show the best guess even for drawings that do not look like ${health.subject}`;
   if (!digits) {
     document.getElementById("hint").textContent =
       `Draw one of ${health.classes.join(", ")}, with the mouse or a finger. The model ` +
@@ -132,10 +137,23 @@ async function send(blob, name, version) {
 }
 
 function showAnswer(answer) {
-  document.getElementById("label").textContent = answer.label;
-  document.getElementById("confidence").textContent =
-    `${(answer.confidence * 100).toFixed(1)}% sure`;
-  setStatus("", false);
+  lastAnswer = answer;
+  const guess = Object.entries(answer.probabilities).reduce((a, b) => (b[1] > a[1] ? b : a));
+  const showGuess = document.getElementById("guess").checked;
+  const label = document.getElementById("label");
+  const confidence = document.getElementById("confidence");
+  if (answer.flagged) {
+    // Not like the training data: no answer, unless the visitor asks for the guess.
+    label.textContent = showGuess ? `${guess[0]}?` : "?";
+    confidence.textContent = showGuess ? `guess, ${(guess[1] * 100).toFixed(1)}%` : "";
+    setStatus(`${answer.message} (score ${answer.ood_score.toFixed(2)}, threshold ` +
+      `${answer.ood_threshold.toFixed(2)})`, false);
+  } else {
+    label.textContent = answer.label;
+    confidence.textContent = `${(answer.confidence * 100).toFixed(1)}% sure`;
+    setStatus("", false);
+  }
+  label.classList.toggle("unknown", answer.flagged);
   showBars(answer.probabilities);
   const pixels = seen.createImageData(28, 28);
   answer.input.flat().forEach((value, i) => {
@@ -165,6 +183,9 @@ function showBars(probabilities) {
 }
 
 document.getElementById("clear").addEventListener("click", clearPad);
+document.getElementById("guess").addEventListener("change", () => {
+  if (lastAnswer) showAnswer(lastAnswer);
+});
 document.getElementById("file").addEventListener("change", (event) => {
   const file = event.target.files[0];
   if (file) send(file, file.name);
