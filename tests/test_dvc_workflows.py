@@ -66,7 +66,8 @@ def test_predict_on_onnx_runtime_agrees_with_evaluate_on_test_images_as_png(
     pipeline_baseline, tmp_path
 ):
     """The exported model, run by the predict command on test images saved as PNG files,
-    gives evaluate's class and calibrated confidence for each (evaluate runs PyTorch)."""
+    gives evaluate's class (the best guess, with --guess), calibrated confidence and OOD score
+    for each (evaluate runs PyTorch), and flags those above the threshold."""
     repo, _ = pipeline_baseline
     count = 300
     images = processed.load_split(repo / "data" / "processed", "test").images[:count]
@@ -74,12 +75,15 @@ def test_predict_on_onnx_runtime_agrees_with_evaluate_on_test_images_as_png(
         Image.fromarray(image).save(tmp_path / f"{index:04d}.png")
     model = repo / "models" / "model.onnx"
     command = [sys.executable, "-m", "apps.predict", str(tmp_path), "--model", str(model)]
-    result = run([*command, "--format", "csv"], REPO)
+    result = run([*command, "--format", "csv", "--guess"], REPO)
     ours = pd.read_csv(io.StringIO(result.stdout), dtype={"label": str})
     theirs = pd.read_csv(repo / "metrics" / "predictions.csv")[:count]
     assert ours["path"].tolist() == [str(tmp_path / f"{i:04d}.png") for i in range(count)]
     assert ours["label"].tolist() == theirs["predicted"].astype(str).tolist()
     np.testing.assert_allclose(ours["confidence"], theirs["confidence"], atol=1e-4)
+    np.testing.assert_allclose(ours["ood_score"], theirs["ood_score"], atol=1e-3)
+    threshold = load_checkpoint(repo / "models" / "model.pt").ood_threshold
+    assert ours["flagged"].tolist() == (ours["ood_score"] > threshold).tolist()
 
 
 def test_evaluate_reports_calibration_and_the_report_a_model_card(pipeline_baseline):

@@ -161,7 +161,7 @@ def test_predict_round_trips_mnist_images_saved_as_png(tmp_path, model_file):
     labels = [int(line.split(",")[1]) for line in lines[1:]]
     assert labels == logits.argmax(1).tolist()
     scores = [float(line.split(",")[3]) for line in lines[1:]]
-    np.testing.assert_allclose(scores, -torch.logsumexp(logits, 1).numpy(), atol=1e-3)
+    np.testing.assert_allclose(scores, -logits.max(1).values.numpy(), atol=1e-3)
     assert {line.split(",")[4] for line in lines[1:]} == {"False"}  # its threshold is +inf
     confidences = [float(line.split(",")[2]) for line in lines[1:]]
     calibrated = torch.softmax(logits / checkpoint.temperature, 1).max(1).values
