@@ -168,7 +168,7 @@ def model_card(
         "```",
         "",
         "The same commit gives the same model bytes and this same card on any x86-64 CPU with"
-        ' AVX2 in portable numerics (README: "What is reproducible, where"); `dvc.lock`'
-        " records every file's hash.",
+        ' AVX2 in portable numerics (docs/reproducibility.md: "What is reproducible, where");'
+        " `dvc.lock` records every file's hash.",
     ]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, create_model, field_validator
 from torch import nn
@@ -224,10 +223,3 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> t
         for start in range(0, len(images), batch_size)
     ]
     return torch.cat(outputs) if outputs else torch.empty(0, NUM_CLASSES)
-
-
-def predict_probabilities(
-    model: nn.Module, images: np.ndarray, batch_size: int = 1000
-) -> torch.Tensor:
-    """(N, 28, 28) uint8 MNIST-style images -> (N, 10) class probabilities."""
-    return torch.softmax(predict_logits(model, torch.from_numpy(images), batch_size), dim=1)

@@ -51,22 +51,23 @@ from mnistpipe.training import select_device
 
 log = logging.getLogger("evaluate")
 FOREIGN = "foreign digits"  # the OOD table's kind for imaging.foreign_digit_pages
+# The files it writes, each given as --NAME PATH (dvc.yaml names the paths)
+OUTPUTS = (
+    "metrics",
+    "confusion",
+    "per-class",
+    "predictions",
+    "misclassified",
+    "calibration",
+    "ood",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
     parser.add_argument("--data", type=Path, required=True, help="processed-data folder")
     parser.add_argument("--model", type=Path, required=True, help="checkpoint to score")
-    outputs = (
-        "metrics",
-        "confusion",
-        "per-class",
-        "predictions",
-        "misclassified",
-        "calibration",
-        "ood",
-    )
-    for name in outputs:
+    for name in OUTPUTS:
         parser.add_argument(f"--{name}", type=Path, required=True, help=f"{name} file to write")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.datasets import TRAIN_LABELS
 from mnistpipe.params import load_section
 from mnistpipe.training import TrainParams
+from stages.evaluate import OUTPUTS
 from tests.conftest import REPO
 
 PARAMS = """
@@ -210,17 +211,8 @@ def run_chain(tmp_path, raw_dir, params, run):
         params,
     )
     assert result.returncode == 0, result.stderr
-    names = (
-        "metrics",
-        "confusion",
-        "per-class",
-        "predictions",
-        "misclassified",
-        "calibration",
-        "ood",
-    )
-    paths = {name: out / f"{name}.out" for name in names}
-    flags = [item for name in names for item in (f"--{name}", paths[name])]
+    paths = {name: out / f"{name}.out" for name in OUTPUTS}
+    flags = [item for name in OUTPUTS for item in (f"--{name}", paths[name])]
     result = stage(
         "evaluate", "--data", data, "--model", out / "model.pt", *flags, "--params", params
     )
