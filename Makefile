@@ -8,7 +8,7 @@ STAMP := $(VENV)/.requirements-installed
 export PATH := $(abspath $(VENV)/bin):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro params test test-fast lint venv lock
+.PHONY: repro params test test-fast lint docs venv lock
 
 repro: params
 	dvc repro
@@ -24,6 +24,10 @@ test: $(STAMP)
 # benchmark): well under a minute.
 test-fast: $(STAMP)
 	python -m pytest -m "not slow"
+
+# docs/params.md from the params' pydantic descriptions (a test fails when it is stale).
+docs: $(STAMP)
+	python -m tools.params_doc
 
 lint: $(STAMP)
 	ruff check .

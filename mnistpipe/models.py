@@ -47,13 +47,17 @@ Sizes = Annotated[
 
 
 class CNNConfig(Config):
-    # Width of each stage, at 28, 14, 7 (and 3) px; each stage ends in a 2x2 max-pool, so at
-    # most four stages fit in 28 px. Narrow first: full-resolution convs cost the most.
-    channels: Widths = (16, 32, 64)
-    # 3x3 conv + batch norm + ReLU blocks per stage: depth is cheap where the pixels are few.
-    convs: tuple[int, ...] = (1, 2, 2)
-    # Before the classifier; augmentation already regularizes the default well enough.
-    dropout: Fraction = 0.0
+    # Narrow first: full-resolution convs cost the most. At most four stages fit in 28 px.
+    channels: Widths = Field(
+        (16, 32, 64),
+        description="width of each stage (at 28, 14, 7 px); each stage ends in a 2x2 max-pool",
+    )
+    # Depth is cheap where the pixels are few.
+    convs: tuple[int, ...] = Field(
+        (1, 2, 2), description="3x3 conv + batch norm + ReLU blocks in each stage"
+    )
+    # Augmentation already regularizes the default well enough.
+    dropout: Fraction = Field(0.0, description="before the classifier")
 
     @field_validator("convs")
     @classmethod
@@ -65,9 +69,11 @@ class CNNConfig(Config):
 
 
 class MLPConfig(Config):
-    # Hidden ReLU layer sizes: (128,) is the classic 784-128-10 of the Keras examples.
-    hidden: Sizes = (256, 256)
-    dropout: Fraction = 0.0  # after each hidden layer
+    hidden: Sizes = Field(
+        (256, 256),
+        description="hidden ReLU layer sizes (`[128]` is the classic 784-128-10)",
+    )
+    dropout: Fraction = Field(0.0, description="after each hidden layer")
 
 
 class ExamplesCNNConfig(Config):
@@ -179,8 +185,11 @@ def _field_name(model_name: str) -> str:
 ModelParams = create_model(
     "ModelParams",
     __base__=_ModelSection,
-    name=(Literal[tuple(MODELS)], ...),
-    **{_field_name(name): (spec.config, Field(alias=name)) for name, spec in MODELS.items()},
+    name=(Literal[tuple(MODELS)], Field(description="which of the configs below is trained")),
+    **{
+        _field_name(name): (spec.config, Field(alias=name, description=spec.config.__doc__))
+        for name, spec in MODELS.items()
+    },
 )
 
 

@@ -36,6 +36,7 @@ SECTION_NAMES = (
     "serve",
 )
 SEED_RANGE = 2**32  # numpy's and torch's seeds are 32-bit
+SEED_DESCRIPTION = "every random choice of the pipeline derives from it"  # (docs/params.md)
 
 
 def rule(ok: Callable[[Any], bool], message: str) -> AfterValidator:
@@ -94,7 +95,7 @@ def _plain(value: Any) -> Any:
 
 class DataParams(Section):
     NAME: ClassVar[str] = "data"
-    dataset: Literal[tuple(DATASETS)]
+    dataset: Literal[tuple(DATASETS)] = Field(description="the dataset to train and test on")
 
 
 def _check_sources(sources: tuple[str, ...]) -> tuple[str, ...]:
@@ -110,34 +111,47 @@ def _check_sources(sources: tuple[str, ...]) -> tuple[str, ...]:
 
 class DownloadParams(Section):
     NAME: ClassVar[str] = "download"
-    # tried in this order until one gives files with the official MD5s
-    sources: Annotated[tuple[str, ...], AfterValidator(_check_sources)]
-    local_dir: str | None  # folder with the four idx files, gzipped or not (source "local")
+    sources: Annotated[tuple[str, ...], AfterValidator(_check_sources)] = Field(
+        description="sources to try, in order, until one gives the official MD5s"
+    )
+    local_dir: str | None = Field(
+        description="folder of your own four idx files, gzipped or not, for source `local`"
+    )
 
 
 class PreprocessParams(Section):
     NAME: ClassVar[str] = "preprocess"
-    val_size: int = Field(ge=1)  # held out of the training set for validation, stratified
-    # keep this many training images (stratified) before the split; 0 = all
-    subset: Annotated[int, rule(lambda v: v >= 0, "must be 0 (all images) or a positive count")]
+    val_size: int = Field(
+        ge=1, description="training images held out for validation, stratified by class"
+    )
+    subset: Annotated[
+        int, rule(lambda v: v >= 0, "must be 0 (all images) or a positive count")
+    ] = Field(
+        description="keep this many training images (stratified) before the split; 0 = all."
+        " For smoke runs"
+    )
 
 
 class ExportParams(Section):
     NAME: ClassVar[str] = "export"
-    # ONNX opset of the graph; 18 is the oldest the dynamo exporter writes, 23 the newest that
-    # the pinned onnxruntime runs
-    opset: int = Field(ge=18, le=23)
-    # the largest logit or OOD-score difference allowed between ONNX Runtime and PyTorch on the
-    # validation split (float32 rounding gives about 1e-6); any larger, or another class, fails
-    # the stage
-    tolerance: float = Field(gt=0, le=0.01)
+    # 18 is the oldest opset the dynamo exporter writes, 23 the newest the pinned onnxruntime runs
+    opset: int = Field(ge=18, le=23, description="ONNX opset of `models/model.onnx` (18-23)")
+    tolerance: float = Field(
+        gt=0,
+        le=0.01,
+        description="the largest logit or OOD-score difference from PyTorch allowed on the"
+        " validation split (float32 rounding gives about 1e-6); more, or another class for any"
+        " image, fails the stage",
+    )
 
 
 class EvaluateParams(Section):
     NAME: ClassVar[str] = "evaluate"
-    batch_size: int = Field(ge=1)  # images per inference batch; does not change the results
-    device: Device  # auto | cpu | cuda | cuda:N
-    numerics: Literal[tuple(MODES)]  # CPU numerics, as train.numerics
+    batch_size: int = Field(
+        ge=1, description="images per inference batch; does not change the results"
+    )
+    device: Device = Field(description="as `train.device`")
+    numerics: Literal[tuple(MODES)] = Field(description="as `train.numerics`")
 
 
 ShownCount = Annotated[int, rule(lambda v: 1 <= v <= 100, "must be between 1 and 100")]
@@ -146,20 +160,30 @@ ListedCount = Annotated[int, rule(lambda v: 1 <= v <= 10, "must be between 1 and
 
 class ReportParams(Section):
     NAME: ClassVar[str] = "report"
-    misclassified_shown: ShownCount  # misclassified test digits in the grid
-    samples_shown: ShownCount  # sample test predictions in the grid
-    confused_pairs: ListedCount  # most confused (actual, predicted) pairs listed
-    weakest_classes: ListedCount  # classes with the lowest F1 named
+    misclassified_shown: ShownCount = Field(description="misclassified test digits in the grid")
+    samples_shown: ShownCount = Field(description="sample test predictions in the grid")
+    confused_pairs: ListedCount = Field(
+        description="most confused (actual, predicted) pairs listed"
+    )
+    weakest_classes: ListedCount = Field(description="classes with the lowest F1 named")
 
 
 class ServeParams(Section):
     NAME: ClassVar[str] = "serve"
-    host: str  # the address to listen on; 127.0.0.1 keeps the server on this machine
-    port: Annotated[int, rule(lambda v: 1 <= v <= 65535, "must be between 1 and 65535")]
-    max_upload_mb: float = Field(gt=0)  # larger uploads get 413
-    max_batch: int = Field(ge=1)  # requests classified in one forward pass at most
-    # how long the first request of a batch waits for others
-    batch_wait_ms: Annotated[float, rule(lambda v: 0 <= v <= 1000, "must be between 0 and 1000")]
+    host: str = Field(
+        description="where `python -m apps.serve` listens; 127.0.0.1 keeps it on this machine,"
+        " 0.0.0.0 would expose it to your network"
+    )
+    port: Annotated[int, rule(lambda v: 1 <= v <= 65535, "must be between 1 and 65535")] = Field(
+        description="its port"
+    )
+    max_upload_mb: float = Field(gt=0, description="larger uploads get 413")
+    max_batch: int = Field(
+        ge=1, description="requests arriving together share one forward pass, up to this many"
+    )
+    batch_wait_ms: Annotated[
+        float, rule(lambda v: 0 <= v <= 1000, "must be between 0 and 1000")
+    ] = Field(description="how long the first request of a batch waits for others to join it")
 
 
 S = TypeVar("S", bound=Section)

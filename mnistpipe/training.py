@@ -69,30 +69,53 @@ class TrainParams(Section):
     """The `train` section: the recipe. Checkpoints carry it, resolved, beside the weights."""
 
     NAME: ClassVar[str] = "train"
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    optimizer: Literal[tuple(OPTIMIZERS)]  # sgd is with Nesterov momentum
-    lr: float = Field(gt=0)  # peak learning rate with a schedule
-    momentum: Fraction  # sgd only
-    weight_decay: float = Field(ge=0)  # on weights, not on biases or batch-norm parameters
-    schedule: Literal[tuple(SCHEDULES)]  # stepped per batch
-    # step schedule only: the learning rate's factor after each epoch
-    step_gamma: Annotated[float, rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")]
-    label_smoothing: Fraction
-    augment_rotate: float = Field(ge=0)  # degrees of random rotation, each way; 0 = off
-    augment_shift: float = Field(ge=0)  # pixels of random translation, each way; 0 = off
-    augment_scale: float = Field(ge=0, lt=1)  # random zoom of 1 +- this fraction; 0 = off
-    device: Device  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
-    # CPU threads; 0 = all cores
-    threads: Annotated[int, rule(lambda v: v >= 0, "must be 0 (all cores) or a positive count")]
-    # CPU numerics (numerics.py): portable (same bytes on any AVX2 CPU) | fast (oneDNN)
-    numerics: Literal[tuple(MODES)]
-    # Outlier exposure (Hendrycks et al., 2019): each batch also holds this many synthetic
-    # non-digits (synthetic.py), trained towards equal probabilities for every class; 0 = off
-    outliers_per_batch: int = Field(ge=0)
-    outlier_weight: float = Field(ge=0)  # their loss's weight beside the digits' loss
-    # share of validation images whose OOD score the fitted threshold flags (ood.py)
-    ood_rejection: Fraction
+    epochs: int = Field(ge=1, description="passes over the training split")
+    batch_size: int = Field(ge=1, description="training images per step")
+    optimizer: Literal[tuple(OPTIMIZERS)] = Field(
+        description="`sgd` (Nesterov momentum), `adam`, `adamw` or `adadelta`"
+    )
+    lr: float = Field(gt=0, description="peak learning rate of the schedule")
+    momentum: Fraction = Field(description="sgd only")
+    weight_decay: float = Field(
+        ge=0, description="on weights, not on biases or batch-norm parameters"
+    )
+    schedule: Literal[tuple(SCHEDULES)] = Field(
+        description="`none`, `one-cycle`, `cosine` or `step`, stepped per batch"
+    )
+    step_gamma: Annotated[float, rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")] = Field(
+        description="`step` schedule only: the learning rate's factor after each epoch"
+    )
+    label_smoothing: Fraction = Field(description="share of each target spread over the classes")
+    augment_rotate: float = Field(
+        ge=0, description="degrees of random rotation, each way; 0 = off"
+    )
+    augment_shift: float = Field(
+        ge=0, description="pixels of random translation, each way; 0 = off"
+    )
+    augment_scale: float = Field(ge=0, lt=1, description="random zoom of 1 ± this; 0 = off")
+    device: Device = Field(
+        description="`auto` (CUDA when present, else the CPU), `cpu`, `cuda` or `cuda:N`"
+    )
+    threads: Annotated[
+        int, rule(lambda v: v >= 0, "must be 0 (all cores) or a positive count")
+    ] = Field(
+        description="CPU threads; 0 = all cores (in portable numerics the bytes are the"
+        " same for any count)"
+    )
+    numerics: Literal[tuple(MODES)] = Field(
+        description="CPU numerics (numerics.py): `portable` (the same bytes on any x86-64 CPU"
+        " with AVX2) or `fast` (oneDNN; the same CPU model and thread count only)"
+    )
+    # Outlier exposure (Hendrycks et al., 2019), synthetic.py's non-digits
+    outliers_per_batch: int = Field(
+        ge=0,
+        description="synthetic non-digits added to each batch, trained towards equal"
+        " probabilities (outlier exposure); 0 = off",
+    )
+    outlier_weight: float = Field(ge=0, description="their loss's weight beside the digits'")
+    ood_rejection: Fraction = Field(
+        description='share of validation digits above the fitted "not a digit" threshold (ood.py)'
+    )
 
 
 @dataclass(frozen=True)

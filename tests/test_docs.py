@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from mnistpipe.params import read_params
+from mnistpipe.training import TrainParams
 from tests.conftest import REPO
+from tools import params_doc
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target), images included
@@ -49,3 +52,30 @@ def test_the_readme_is_a_short_front_door_that_links_every_document():
     assert len(readme.splitlines()) <= README_LINES
     for page in DOCUMENTS[1:]:
         assert f"(docs/{page.name}" in readme, page.name
+
+
+def test_the_params_reference_is_generated_from_the_fields_and_current():
+    """docs/params.md is what `make docs` writes from the pydantic descriptions and the
+    committed params.yaml, with one row per key of params.yaml."""
+    params = read_params(REPO / "params.yaml")
+    written = (REPO / "docs" / "params.md").read_text(encoding="utf-8")
+    assert written == params_doc.render(params), "docs/params.md is stale: run `make docs`"
+    keys = re.findall(r"^\| `([^`]+)` \|", written, flags=re.M)
+    assert "train.ood_rejection" in keys and "model.cnn.channels" in keys
+    assert len(keys) == len(set(keys)) == leaf_count(params) + 1  # + the recipe row
+
+
+def leaf_count(mapping: dict) -> int:
+    """Keys of a params mapping whose value is not itself a non-empty mapping."""
+    return sum(
+        leaf_count(value) if isinstance(value, dict) and value else 1 for value in mapping.values()
+    )
+
+
+def test_the_params_reference_goes_stale_when_a_description_changes(monkeypatch):
+    params = read_params(REPO / "params.yaml")
+    field = TrainParams.model_fields["epochs"]
+    monkeypatch.setattr(field, "description", "a new meaning")
+    text = params_doc.render(params)
+    assert "| `train.epochs` | `6` | a new meaning |" in text
+    assert text != (REPO / "docs" / "params.md").read_text(encoding="utf-8")
