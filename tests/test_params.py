@@ -10,30 +10,16 @@ from mnistpipe.params import (
     SECTION_NAMES,
     DataParams,
     DownloadParams,
-    EvaluateParams,
     ExportParams,
     PreprocessParams,
-    ReportParams,
     Section,
-    ServeParams,
     load_section,
     load_seed,
     read_params,
 )
 from mnistpipe.training import TrainParams
 from tests.conftest import REPO
-
-SECTIONS = (
-    DataParams,
-    DownloadParams,
-    PreprocessParams,
-    ModelParams,
-    TrainParams,
-    ExportParams,
-    EvaluateParams,
-    ReportParams,
-    ServeParams,
-)
+from tools.params_doc import SECTIONS  # every section class, in params.yaml's order
 
 VALID = """
 seed: 7
