@@ -10,19 +10,19 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from mnistpipe import processed
 from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import sha256_file
 from mnistpipe.models import build_model, predict_logits
-from mnistpipe.onnx_model import LOGITS, OOD_SCORE, PROBABILITIES, Metadata, classify, load_onnx
+from mnistpipe.onnx_model import LOGITS, OOD_SCORE, PROBABILITIES, classify, load_onnx
 from mnistpipe.ood import score
 from stages.export import main
 from tests.conftest import RECIPE, REPO, SMALL_CNN, toy_data
+from tests.helpers import CLASSES, metadata, tiny_model
 
-CLASSES = tuple("0123456789")
 TEMPERATURE = 1.7
 OOD_THRESHOLD = -0.1  # between the scores of the random model on `images` (-0.14 to -0.08)
 EPOCH = 3
@@ -291,65 +291,6 @@ def test_bad_params_are_refused_before_exporting(
 
 
 # Bad model files
-
-
-def metadata(classes=CLASSES, ood_threshold=-3.0):
-    return Metadata(
-        dataset="mnist",
-        classes=tuple(classes),
-        subject="a digit",
-        temperature=1.0,
-        ood_score="max-logit",
-        ood_threshold=ood_threshold,
-        checkpoint_sha256="0" * 64,
-        model={"name": "cnn", "cnn": {"channels": [4], "convs": [1], "dropout": 0.0}},
-        epoch=1,
-        val_accuracy=0.5,
-    )
-
-
-def tiny_model(
-    height=28,
-    width=28,
-    batch="batch",
-    classes=10,
-    props=None,
-    input_type=TensorProto.UINT8,
-    score=True,
-):
-    """A linear classifier as an ONNX graph: images -> Cast -> Reshape -> MatMul -> logits,
-    Softmax -> probabilities, -ReduceMax -> ood_score."""
-    weights = np.random.default_rng(0).normal(scale=1e-3, size=(height * width, classes))
-    nodes = [
-        helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
-        helper.make_node("Reshape", ["pixels", "flat_shape"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "weights"], [LOGITS]),
-        helper.make_node("Softmax", [LOGITS], [PROBABILITIES], axis=1),
-        helper.make_node("ReduceMax", [LOGITS, "class_axis"], ["top"], keepdims=0),
-        helper.make_node("Neg", ["top"], [OOD_SCORE] if score else ["unused"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("images", input_type, [batch, height, width])],
-        [
-            *(
-                helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, classes])
-                for name in (LOGITS, PROBABILITIES)
-            ),
-            *([helper.make_tensor_value_info(OOD_SCORE, TensorProto.FLOAT, [batch])] * score),
-        ],
-        initializer=[
-            numpy_helper.from_array(weights.astype(np.float32), "weights"),
-            numpy_helper.from_array(np.array([-1, height * width], np.int64), "flat_shape"),
-            numpy_helper.from_array(np.array([1], np.int64), "class_axis"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    model.ir_version = 10
-    helper.set_model_props(model, metadata().to_props() if props is None else props)
-    onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString()
 
 
 def test_the_tiny_graph_of_the_contract_loads_and_classifies(tmp_path):

@@ -10,15 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.datasets import DATASETS
-from mnistpipe.files import sha256_file, write_bytes_atomic
 from mnistpipe.imaging import ImageError, centre_by_mass, load_grey, prepare, to_mnist
-from mnistpipe.models import build_model, predict_logits
+from mnistpipe.models import predict_logits
 from mnistpipe.onnx_model import load_onnx
-from stages.export import export_bytes
-from tests.conftest import RECIPE, REPO, SMALL_CNN
-from tests.test_export import metadata, tiny_model
+from tests.conftest import REPO
+from tests.helpers import exported, metadata, tiny_model, uniform_images
 
 
 def block_on_paper(alpha=False):
@@ -101,20 +98,6 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, side):
     assert (tmp_path / "bomb.png").stat().st_size < 100_000
     with pytest.raises(ImageError, match=r"bomb.png: refused as a decompression bomb"):
         load_grey(tmp_path / "bomb.png")
-
-
-def exported(folder, dataset: str = "mnist", temperature: float = 1.7):
-    """(ONNX path, checkpoint) of a random small CNN, as the export stage writes it."""
-    torch.manual_seed(0)
-    model = build_model("cnn", SMALL_CNN, mean=0.13, std=0.31)
-    classes = DATASETS[dataset].classes
-    checkpoint = Checkpoint(
-        "cnn", SMALL_CNN, RECIPE, model.state_dict(), dataset, classes, 1, 0.5, temperature
-    )
-    save_checkpoint(folder / "model.pt", checkpoint)
-    onnx_bytes = export_bytes(checkpoint, sha256_file(folder / "model.pt"), opset=20)
-    write_bytes_atomic(folder / "model.onnx", onnx_bytes)
-    return folder / "model.onnx", checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -268,21 +251,6 @@ def test_a_missing_or_damaged_model_is_one_clear_line(
     assert result.returncode == 1
     assert result.stderr.startswith(f"predict: error: {path}: {message}")
     assert len(result.stderr.strip().splitlines()) == 1
-
-
-ADAPTIVE = Image.Palette.ADAPTIVE  # the exact colours: the default palette would dither
-
-
-def uniform_images():
-    """(name, image) of uniform images in every mode a file can hold, dark to light."""
-    for shade in (0, 1, 60, 127, 128, 200, 254, 255):
-        yield f"L{shade}.png", Image.new("L", (40, 30), shade)
-        yield f"RGB{shade}.jpg", Image.new("RGB", (28, 28), (shade, shade // 2, 255 - shade))
-        yield f"RGBA{shade}.png", Image.new("RGBA", (28, 28), (shade, shade, shade, 255))
-        yield f"RGBA{shade}-clear.png", Image.new("RGBA", (50, 50), (shade, 0, 0, 0))
-        paletted = Image.new("RGB", (30, 30), (shade,) * 3).convert("P", palette=ADAPTIVE)
-        yield f"P{shade}.gif", paletted
-        yield f"I16-{shade}.png", Image.new("I;16", (28, 28), shade * 257)
 
 
 def test_uniform_images_of_every_shade_and_mode_are_refused(tmp_path, linear_model_file):

@@ -15,7 +15,7 @@ from mnistpipe import figures
 from mnistpipe.datasets import DATASETS
 from stages.report import confused_pairs
 from tests.conftest import REPO
-from tests.test_stages import params_file, run_chain
+from tests.helpers import params_file, run_chain
 
 FIGURES = (
     "confusion_matrix.png",

@@ -35,7 +35,7 @@ from mnistpipe.datasets import DATASETS
 from mnistpipe.onnx_model import load_onnx
 from mnistpipe.params import ServeParams
 from tests.conftest import REPO, non_digit_uploads
-from tests.test_predict import exported, uniform_images
+from tests.helpers import exported, uniform_images
 
 CHROMIUM = Path("/usr/bin/chromium")
 PARAMS = ServeParams(

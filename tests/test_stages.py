@@ -1,9 +1,6 @@
 """The stages as users run them: `python -m stages.<name>`, with one-line errors."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pandas as pd
@@ -14,81 +11,7 @@ from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.datasets import TRAIN_LABELS
 from mnistpipe.params import load_section
 from mnistpipe.training import TrainParams
-from stages.evaluate import OUTPUTS
-from tests.conftest import REPO
-
-PARAMS = """
-seed: 3
-data:
-  dataset: mnist
-download:
-  sources: [local]
-  local_dir: {local_dir}
-preprocess:
-  val_size: 40
-  subset: 0
-model:
-  name: cnn
-  cnn:
-    channels: [4, 8]
-    convs: [1, 1]
-    dropout: 0.0
-  mlp:
-    hidden: [16]
-    dropout: 0.0
-  examples-cnn: {{}}
-train:
-  epochs: 2
-  batch_size: 32
-  optimizer: sgd
-  lr: 0.05
-  momentum: 0.9
-  weight_decay: 0.0005
-  schedule: one-cycle
-  step_gamma: 0.7
-  label_smoothing: 0.1
-  augment_rotate: 10.0
-  augment_shift: 2.0
-  augment_scale: 0.1
-  device: auto
-  threads: 1
-  numerics: portable
-  outliers_per_batch: 0
-  outlier_weight: 0.5
-  ood_rejection: 0.01
-export:
-  opset: 20
-  tolerance: 1.0e-4
-evaluate:
-  batch_size: 16
-  device: auto
-  numerics: portable
-report:
-  misclassified_shown: 16
-  samples_shown: 8
-  confused_pairs: 3
-  weakest_classes: 3
-"""
-
-
-NUMERICS = {"train": "portable", "evaluate": "portable"}  # as PARAMS, and dvc.yaml's commands
-
-
-def stage(name, *args, launched=True):
-    """A stage as dvc.yaml runs it: the computing ones through the numerics launcher."""
-    launcher = ["-m", "mnistpipe.numerics", NUMERICS[name]] if name in NUMERICS else ["-m"]
-    launcher = launcher if launched else ["-m"]
-    command = [sys.executable, *launcher, f"stages.{name}", *map(str, args)]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-
-
-def params_file(tmp_path, raw_dir, **replace):
-    text = textwrap.dedent(PARAMS.format(local_dir=raw_dir))
-    for old, new in replace.items():
-        text = text.replace(old, new)
-    path = tmp_path / "params.yaml"
-    path.write_text(text)
-    return path
+from tests.helpers import params_file, run_chain, stage
 
 
 def assert_one_line_error(result, prefix, fragment):
@@ -167,57 +90,6 @@ def test_download_rejects_a_typo_in_params_before_any_work(tmp_path, raw_dir):
     result = stage("download", "--out", tmp_path / "out", "--params", params)
     assert_one_line_error(result, "download", "unknown key download.locl_dir")
     assert "trying source" not in result.stderr
-
-
-def run_chain(tmp_path, raw_dir, params, run):
-    """preprocess, train, export and evaluate into tmp_path/run; return the evaluate outputs."""
-    out = tmp_path / run
-    data = out / "processed"
-    assert (
-        stage(
-            "preprocess",
-            "--raw",
-            raw_dir,
-            "--out",
-            data,
-            "--counts",
-            out / "counts.csv",
-            "--params",
-            params,
-        ).returncode
-        == 0
-    )
-    result = stage(
-        "train",
-        "--data",
-        data,
-        "--model",
-        out / "model.pt",
-        "--history",
-        out / "history.csv",
-        "--params",
-        params,
-    )
-    assert result.returncode == 0, result.stderr
-    result = stage(
-        "export",
-        "--model",
-        out / "model.pt",
-        "--data",
-        data,
-        "--out",
-        out / "model.onnx",
-        "--params",
-        params,
-    )
-    assert result.returncode == 0, result.stderr
-    paths = {name: out / f"{name}.out" for name in OUTPUTS}
-    flags = [item for name in OUTPUTS for item in (f"--{name}", paths[name])]
-    result = stage(
-        "evaluate", "--data", data, "--model", out / "model.pt", *flags, "--params", params
-    )
-    assert result.returncode == 0, result.stderr
-    return out, paths
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, TINY_PARAMS, dvc_env, run
-from tests.test_workflow import schema_check
+from tests.helpers import schema_check
 from tools.sweep_grid import (
     SweepError,
     best_experiment,

@@ -1,26 +1,11 @@
 """The GitHub Actions workflow for users, validated against the workflow schema (offline)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import yaml
 
 from tests.conftest import REPO
+from tests.helpers import schema_check
 
 WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
-
-
-def schema_check(path: Path) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "check_jsonschema",
-        "--builtin-schema",
-        "vendor.github-workflows",
-        str(path),
-    ]
-    return subprocess.run(command, capture_output=True, text=True)
 
 
 def test_workflow_is_valid():
