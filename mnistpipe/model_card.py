@@ -15,7 +15,7 @@ import pandas as pd
 
 from mnistpipe.checkpoints import Checkpoint
 from mnistpipe.datasets import DATASETS
-from mnistpipe.ood import SCORE_NAME
+from mnistpipe.ood import SCORE_NAME, metric
 from mnistpipe.synthetic import OOD_KINDS
 
 
@@ -142,9 +142,9 @@ def model_card(
         f" {metrics['ood_test_flagged']:.2%} of the images; accuracy on the rest is"
         f" {metrics['ood_test_accuracy_accepted']:.4f}. Rejected by preprocessing or score: "
         + ", ".join(
-            f"{kind} {metrics[f'ood_{kind}_rejected']:.1%}"
+            f"{kind} {metrics[metric(kind, 'rejected')]:.1%}"
             for kind in OOD_KINDS
-            if f"ood_{kind}_rejected" in metrics
+            if metric(kind, "rejected") in metrics
         )
         + " (Latin letters were never shown in training). See"
         " [report.md](report.md#out-of-distribution).",

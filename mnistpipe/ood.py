@@ -21,6 +21,12 @@ SCORE_NAME = "max-logit"
 THRESHOLD_DECIMALS = 4  # the threshold is rounded up to this: a short number in the metadata
 
 
+def metric(kind: str, figure: str) -> str:
+    """The metrics.json key of one figure of one kind of input: ("foreign digits",
+    "rejected") -> "ood_foreign_digits_rejected"."""
+    return f"ood_{kind.replace(' ', '_')}_{figure}"
+
+
 def score(logits: np.ndarray) -> np.ndarray:
     """(N, C) logits -> (N,) float64 scores, -max(logits); higher is less digit-like."""
     return -np.asarray(logits, dtype=np.float64).max(axis=1)

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         ood.SCORE_NAME,
         checkpoint.ood_threshold,
         100 * metrics["ood_test_flagged"],
-        ", ".join(f"{kind} {100 * metrics[f'ood_{key(kind)}_rejected']:.1f}%" for kind in kinds),
+        ", ".join(f"{kind} {100 * metrics[ood.metric(kind, 'rejected')]:.1f}%" for kind in kinds),
     )
     log.info(
         "test accuracy %.4f, %d misclassified; ECE %.4f, %.4f at temperature %.4f",
@@ -133,11 +133,6 @@ def main(argv: list[str] | None = None) -> None:
         metrics["ece_calibrated"],
         checkpoint.temperature,
     )
-
-
-def key(kind: str) -> str:
-    """A kind's name as a metrics key: "foreign digits" -> "foreign_digits"."""
-    return kind.replace(" ", "_")
 
 
 def scored_pages(
@@ -184,18 +179,18 @@ def ood_metrics(
         scores = rows["ood_score"].fillna(np.inf).to_numpy()
         refused = rows["refused"].to_numpy(dtype=bool)
         flagged = ood.flagged(scores, threshold) & ~refused
-        name = key(str(kind))
-        metrics[f"ood_{name}_refused"] = round(float(refused.mean()), 6)
-        metrics[f"ood_{name}_flagged"] = round(float(flagged.mean()), 6)
-        metrics[f"ood_{name}_rejected"] = round(float((refused | flagged).mean()), 6)
+        kind = str(kind)
+        metrics[ood.metric(kind, "refused")] = round(float(refused.mean()), 6)
+        metrics[ood.metric(kind, "flagged")] = round(float(flagged.mean()), 6)
+        metrics[ood.metric(kind, "rejected")] = round(float((refused | flagged).mean()), 6)
         if kind == FOREIGN:  # digits: being answered, and right, is the goal
             right = (rows["predicted"].astype("string") == rows["item"]).fillna(False)
             metrics["foreign_digits_accuracy"] = round(float(right.mean()), 6)
             metrics["foreign_digits_confidence"] = round(float(rows["confidence"].mean()), 6)
             answered_right = right.to_numpy(dtype=bool) & ~flagged
-            metrics[f"ood_{name}_answered_right"] = round(float(answered_right.mean()), 6)
+            metrics[ood.metric(kind, "answered_right")] = round(float(answered_right.mean()), 6)
         else:
-            metrics[f"ood_{name}_auroc"] = round(ood.auroc(test_scores, scores), 6)
+            metrics[ood.metric(kind, "auroc")] = round(ood.auroc(test_scores, scores), 6)
     return metrics
 
 

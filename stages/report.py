@@ -114,10 +114,9 @@ def ood_table(run: RunTables) -> pd.DataFrame:
     answered and right; from metrics.json."""
     rows = []
     for kind, items in run.ood.groupby("kind", sort=False):
-        key = str(kind).replace(" ", "_")
         row = {"kind": kind, "images": len(items)}
         for column in ("refused", "flagged", "rejected", "auroc", "answered_right"):
-            row[column] = run.metrics.get(f"ood_{key}_{column}")
+            row[column] = run.metrics.get(ood.metric(str(kind), column))
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.astype(object).where(table.notna(), None)  # None: an empty cell, not "nan"
