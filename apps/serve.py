@@ -23,10 +23,11 @@ import uvicorn
 from apps.predict import DEFAULT_MODEL
 from apps.webapp import create_app
 from mnistpipe.cli import run_stage
+from mnistpipe.config import PARAMS_FILE
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import sha256_file
 from mnistpipe.onnx_model import OnnxClassifier, load_onnx
-from mnistpipe.params import PARAMS_FILE, ServeParams, load_section
+from mnistpipe.serving import load_serve_params
 
 log = logging.getLogger("serve")
 DEFAULT_METRICS = Path("metrics/metrics.json")
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help="port (default: params serve.port)")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    params = load_section(ServeParams, args.params)
+    params = load_serve_params(args.params)
     overrides = {"host": args.host, "port": args.port}
     params = params.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     model = load_onnx(args.model)  # a bad model stops the server here, before it listens

@@ -32,7 +32,7 @@ from starlette.datastructures import UploadFile
 
 from mnistpipe.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
 from mnistpipe.onnx_model import Answer, OnnxClassifier, classify
-from mnistpipe.params import ServeParams
+from mnistpipe.serving import ServeParams
 
 STATIC_DIR = Path(__file__).with_name("static")
 FORM_OVERHEAD = 64 * 1024  # bytes of multipart framing allowed beyond the file itself

@@ -36,10 +36,10 @@ from PIL import Image
 from benchmarks import load_test
 from mnistpipe import processed
 from mnistpipe.checkpoints import load_checkpoint
-from mnistpipe.imaging import foreign_digit_pages, to_mnist
 from mnistpipe.metrics import summary_metrics
 from mnistpipe.models import predict_logits
 from mnistpipe.numerics import MODES
+from mnistpipe.page_scores import FOREIGN, foreign_pages, right_answers, scored_pages
 from tools.compose_params import CONFIG_DIR, compose
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,18 +131,18 @@ def timed_logits(
     return logits, len(images) / (time.perf_counter() - started)
 
 
-def foreign_accuracy(model: torch.nn.Module) -> tuple[float, float]:
-    """Accuracy on foreign digit pages with MNIST-style preprocessing, and with a plain resize."""
-    pages, labels = foreign_digit_pages()
-    prepared = np.stack([to_mnist(page) for page in pages])
+def foreign_accuracy(model: torch.nn.Module, temperature: float) -> tuple[float, float]:
+    """Accuracy on foreign digit pages with MNIST-style preprocessing (evaluate's check), and
+    with a plain resize of the page to 28x28 instead."""
+    pages = foreign_pages()
+    table = scored_pages(FOREIGN, pages, model, temperature, batch_size=1000)
     resized = np.stack(
-        [np.asarray(Image.fromarray(page.astype(np.uint8)).resize((28, 28))) for page in pages]
+        [np.asarray(Image.fromarray(page.astype(np.uint8)).resize((28, 28))) for page, _ in pages]
     )
-    accuracies = []
-    for images in (prepared, resized):
-        logits = predict_logits(model, torch.from_numpy(images), 1000)
-        accuracies.append(round(float((logits.argmax(1).numpy() == labels).mean()), 4))
-    return accuracies[0], accuracies[1]
+    logits = predict_logits(model, torch.from_numpy(resized), 1000)
+    labels = np.array([int(digit) for _, digit in pages])
+    resized_right = float((logits.argmax(1).numpy() == labels).mean())
+    return round(float(right_answers(table).mean()), 4), round(resized_right, 4)
 
 
 def benchmark(name: str, data_dir: Path, quick: bool, numerics: str | None = None) -> dict:
@@ -157,7 +157,7 @@ def benchmark(name: str, data_dir: Path, quick: bool, numerics: str | None = Non
         model = checkpoint.build()
         logits, infer = timed_logits(model, images)
         metrics = summary_metrics(test.labels.astype("int64"), logits)
-        foreign = (None, None) if quick else foreign_accuracy(model)
+        foreign = (None, None) if quick else foreign_accuracy(model, checkpoint.temperature)
     train_images = processed.load_meta(data_dir).sizes["train"] * len(history)
     epochs_s = float(history["seconds"].sum())
     return {

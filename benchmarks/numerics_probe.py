@@ -50,9 +50,11 @@ def child(data: Path, images: int, threads: int, mkldnn: bool) -> None:
     import yaml
 
     from mnistpipe import processed
+    from mnistpipe.config import parse
+    from mnistpipe.device import make_deterministic
     from mnistpipe.models import MODELS, build_model
-    from mnistpipe.params import section_from_mapping
-    from mnistpipe.training import Data, TrainParams, fit, make_deterministic
+    from mnistpipe.recipe import TrainParams
+    from mnistpipe.training import Data, fit
     from tools.compose_params import compose
 
     torch.backends.mkldnn.enabled = mkldnn
@@ -68,11 +70,11 @@ def child(data: Path, images: int, threads: int, mkldnn: bool) -> None:
     )
     val = Data(train.images[:500], train.labels[:500])
     composed = yaml.safe_load(compose(Path.cwd(), ["train.epochs=1", "train.device=cpu"]))
-    recipe = section_from_mapping(TrainParams, composed["train"])
+    recipe = parse(TrainParams, composed["train"], "composed params", "train.")
     model = build_model("cnn", MODELS["cnn"].config(), meta.mean, meta.std)
     model = model.to(memory_format=torch.channels_last)
     started = time.perf_counter()
-    state, _ = fit(model, train, val, recipe, 42, show_progress=False)
+    state = fit(model, train, val, recipe, 42, show_progress=False).state_dict
     seconds = time.perf_counter() - started
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -28,8 +28,8 @@ from mnistpipe import idx, ood, processed
 from mnistpipe.calibration import softmax
 from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.datasets import DATASETS, TEST_IMAGES
-from mnistpipe.imaging import ImageError, foreign_digit_pages, to_mnist
 from mnistpipe.models import predict_logits
+from mnistpipe.page_scores import foreign_pages, prepare_pages
 from mnistpipe.synthetic import OOD_KINDS, ood_pages
 
 Score = Callable[[np.ndarray, float], np.ndarray]  # (logits, temperature) -> higher: less known
@@ -48,19 +48,6 @@ def fashion_images() -> np.ndarray | None:
     return idx.decode(gzip.decompress(path.read_bytes()), str(path)).copy()  # writable
 
 
-def prepared(pages: list) -> tuple[np.ndarray, int]:
-    """The pages the preprocessing accepts, as (N, 28, 28) uint8, and how many it refused."""
-    images = []
-    for page, _ in pages:
-        try:
-            images.append(to_mnist(page))
-        except ImageError:
-            continue
-    return np.stack(images) if images else np.empty((0, 28, 28), np.uint8), len(pages) - len(
-        images
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
@@ -76,9 +63,13 @@ def main() -> None:
 
     val, test = (processed.load_split(args.data, split) for split in ("val", "test"))
     val_logits, test_logits = logits_of(val.images), logits_of(test.images)
-    sets = {kind: prepared(ood_pages(kind, args.seed)) for kind in OOD_KINDS}
-    pages, labels = foreign_digit_pages()
-    foreign, _ = prepared([(page, None) for page in pages])
+    sets = {}
+    for kind in OOD_KINDS:
+        images, refused = prepare_pages(ood_pages(kind, args.seed))
+        sets[kind] = (images, int(refused.sum()))
+    pages = foreign_pages()
+    foreign, foreign_refused = prepare_pages(pages)
+    labels = np.array([int(digit) for _, digit in pages])[~foreign_refused]
     fashion = fashion_images()
     rows = []
     for name, score in SCORES.items():

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnistpipe.config import Config, parse
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import write_bytes_atomic
 from mnistpipe.models import CNN, MODELS, build_model, fuse_batch_norm
-from mnistpipe.params import Config, section_from_mapping
 from mnistpipe.processed import Meta
-from mnistpipe.training import TrainParams
+from mnistpipe.recipe import TrainParams
 
 # 2: normalization inside the model, recipe and per-model config; 3: calibration temperature;
 # 4: the OOD score's threshold
@@ -121,7 +121,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         checkpoint = Checkpoint(
             model_name=name,
             model_config=MODELS[name].config.model_validate(payload["model"]["config"]),
-            recipe=section_from_mapping(TrainParams, {**payload["recipe"], **UNRECORDED}, path),
+            recipe=parse(TrainParams, {**payload["recipe"], **UNRECORDED}, path, "train."),
             state_dict=payload["state_dict"],
             dataset=str(payload["dataset"]),
             classes=tuple(payload["classes"]),

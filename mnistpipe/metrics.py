@@ -12,10 +12,16 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross-entropy of (N, C) float32 logits against (N,) int64 labels: the `loss` of the
+    training history and of the test metrics (calibration.py fits its temperature in float64)."""
+    return F.cross_entropy(logits, labels).item()
+
+
 def summary_metrics(labels: np.ndarray, logits: torch.Tensor) -> dict[str, float | int]:
     """Accuracy, mean cross-entropy, macro precision/recall/F1 and the misclassified count."""
     predicted = logits.argmax(1).numpy()
-    loss = F.cross_entropy(logits, torch.from_numpy(labels).long()).item()
+    loss = cross_entropy(logits, torch.from_numpy(labels).long())
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, predicted, average="macro", zero_division=0
     )

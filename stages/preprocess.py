@@ -19,7 +19,7 @@ from mnistpipe.cli import run_stage
 from mnistpipe.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import write_text_atomic
-from mnistpipe.params import PARAMS_FILE, DataParams, PreprocessParams, load_section, load_seed
+from mnistpipe.params import PARAMS_FILE, PreprocessParams, load_params
 from mnistpipe.processed import Split
 
 log = logging.getLogger("preprocess")
@@ -77,13 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--counts", type=Path, required=True, help="class counts CSV")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    seed = load_seed(args.params)
-    spec = DATASETS[load_section(DataParams, args.params).dataset]
-    params = load_section(PreprocessParams, args.params)
+    params = load_params(args.params)
+    spec = DATASETS[params.data.dataset]
 
     train = Split(*idx.read_pair(args.raw / TRAIN_IMAGES, args.raw / TRAIN_LABELS))
     test = Split(*idx.read_pair(args.raw / TEST_IMAGES, args.raw / TEST_LABELS))
-    splits = split_dataset(train, test, params, seed)
+    splits = split_dataset(train, test, params.preprocess, params.seed)
     meta = processed.save(args.out, splits, spec.name, spec.classes)
     write_text_atomic(args.counts, class_counts(splits, spec.classes).to_csv(lineterminator="\n"))
     log.info("wrote %s: %s; pixel mean %.4f, std %.4f", args.out, meta.sizes, meta.mean, meta.std)

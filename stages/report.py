@@ -23,7 +23,7 @@ from mnistpipe.checkpoints import Checkpoint, load_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.files import sha256_file, write_bytes_atomic, write_text_atomic
 from mnistpipe.model_card import ModelFile, model_card
-from mnistpipe.params import PARAMS_FILE, ReportParams, load_section, read_params
+from mnistpipe.params import PARAMS_FILE, ReportParams, load_params
 from mnistpipe.processed import Split
 from mnistpipe.synthetic import LETTER_FONTS
 
@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="report folder to write")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    params = load_section(ReportParams, args.params)
-    raw = read_params(args.params)
+    all_params = load_params(args.params)
+    params = all_params.report
     checkpoint = load_checkpoint(args.model)
-    run_params = {key: raw[key] for key in RUN_SECTIONS}
+    run_params = {key: all_params.to_mapping()[key] for key in RUN_SECTIONS}
     run_params |= {"model": checkpoint.model_section(), "train": checkpoint.recorded_recipe()}
     run = RunTables.read(args.metrics)
     test = processed.load_split(args.data, "test")

@@ -23,18 +23,13 @@ from mnistpipe import numerics, ood, processed
 from mnistpipe.calibration import fit_temperature
 from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.cli import run_stage
+from mnistpipe.device import make_deterministic, select_device
 from mnistpipe.files import write_text_atomic
-from mnistpipe.models import ModelParams, build_model, predict_logits
-from mnistpipe.params import PARAMS_FILE, load_section, load_seed
+from mnistpipe.models import build_model, predict_logits
+from mnistpipe.params import PARAMS_FILE, ModelParams, load_params
+from mnistpipe.recipe import TrainParams
 from mnistpipe.synthetic import training_outliers
-from mnistpipe.training import (
-    Data,
-    EpochStats,
-    TrainParams,
-    fit,
-    make_deterministic,
-    select_device,
-)
+from mnistpipe.training import Data, EpochStats, TrainResult, fit
 
 log = logging.getLogger("train")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
@@ -51,20 +46,22 @@ def load_data(folder: Path, split: str, device: torch.device) -> Data:
     )
 
 
-def history_csv(rows: list[EpochStats]) -> str:
+def history_csv(rows: tuple[EpochStats, ...]) -> str:
     table = pd.DataFrame([dataclasses.asdict(row) for row in rows], columns=HISTORY_COLUMNS)
     return table.to_csv(index=False, float_format="%.6g")
 
 
+def timings_csv(rows: tuple[EpochStats, ...]) -> str:
+    seconds = pd.DataFrame(
+        {"epoch": [r.epoch for r in rows], "seconds": [r.seconds for r in rows]}
+    )
+    return seconds.to_csv(index=False, float_format="%.3f")
+
+
 def train(
-    data_dir: Path,
-    model_params: ModelParams,
-    params: TrainParams,
-    seed: int,
-    history: Path,
-    timings: Path | None = None,
-) -> Checkpoint:
-    """Train on `data_dir`, rewriting the history CSV (and the timings) after every epoch."""
+    data_dir: Path, model_params: ModelParams, params: TrainParams, seed: int
+) -> tuple[Checkpoint, TrainResult]:
+    """Train on `data_dir`: the calibrated checkpoint of the best epoch, and the loop's result."""
     make_deterministic(seed, params.threads)
     numerics.apply(params.numerics)  # after the thread count, which resets MKL's
     device = select_device(params.device)
@@ -83,44 +80,23 @@ def train(
         torch.get_num_threads(),
         params.numerics,
     )
-    rows: list[EpochStats] = []
-
-    def record(stats: EpochStats) -> None:
-        rows.append(stats)
-        write_text_atomic(history, history_csv(rows))
-        if timings is not None:
-            seconds = pd.DataFrame(
-                {"epoch": [r.epoch for r in rows], "seconds": [r.seconds for r in rows]}
-            )
-            write_text_atomic(timings, seconds.to_csv(index=False, float_format="%.3f"))
-        log.info(
-            "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f s",
-            stats.epoch,
-            stats.train_loss,
-            stats.train_accuracy,
-            stats.val_loss,
-            stats.val_accuracy,
-            stats.seconds,
-        )
-
     outliers = None
     if params.outliers_per_batch:
         outliers = torch.from_numpy(training_outliers(OUTLIER_IMAGES, seed)).to(device)
         log.info("outlier exposure: %d synthetic non-digits drawn", len(outliers))
-    show_progress = sys.stderr.isatty()
-    state, best = fit(model, train_data, val_data, params, seed, record, show_progress, outliers)
+    result = fit(model, train_data, val_data, params, seed, outliers, sys.stderr.isatty())
     checkpoint = Checkpoint(
         model_name=model_params.name,
         model_config=model_params.config,
         recipe=params,
-        state_dict=state,
+        state_dict=result.state_dict,
         dataset=meta.dataset,
         classes=meta.classes,
-        epoch=best.epoch,
-        val_accuracy=best.val_accuracy,
+        epoch=result.best.epoch,
+        val_accuracy=result.best.val_accuracy,
         device=str(device),
     )
-    return calibrated(checkpoint, val_data, params.ood_rejection)
+    return calibrated(checkpoint, val_data, params.ood_rejection), result
 
 
 def calibrated(checkpoint: Checkpoint, val_data: Data, ood_rejection: float) -> Checkpoint:
@@ -153,12 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    seed = load_seed(args.params)
-    model_params = load_section(ModelParams, args.params)
-    params = load_section(TrainParams, args.params)
+    params = load_params(args.params)
 
-    checkpoint = train(args.data, model_params, params, seed, args.history, args.timings)
+    checkpoint, result = train(args.data, params.model, params.train, params.seed)
     save_checkpoint(args.model, checkpoint)
+    write_text_atomic(args.history, history_csv(result.history))
+    if args.timings is not None:
+        write_text_atomic(args.timings, timings_csv(result.history))
     log.info(
         "saved %s from epoch %d (val accuracy %.4f)",
         args.model,

@@ -26,8 +26,9 @@ from mnistpipe.datasets import (
 )
 from mnistpipe.files import md5_hex
 from mnistpipe.models import CNNConfig
+from mnistpipe.recipe import TrainParams
 from mnistpipe.synthetic import ood_pages
-from mnistpipe.training import Data, TrainParams
+from mnistpipe.training import Data
 from tools.compose_params import compose
 
 REPO = Path(__file__).resolve().parents[1]

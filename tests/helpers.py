@@ -73,6 +73,12 @@ report:
   samples_shown: 8
   confused_pairs: 3
   weakest_classes: 3
+serve:
+  host: 127.0.0.1
+  port: 8000
+  max_upload_mb: 5.0
+  max_batch: 64
+  batch_wait_ms: 2.0
 """
 
 

@@ -20,8 +20,9 @@ import torch
 
 from mnistpipe import numerics
 from mnistpipe.checkpoints import Checkpoint
+from mnistpipe.device import make_deterministic
 from mnistpipe.models import CNNConfig, build_model, predict_logits
-from mnistpipe.training import fit, make_deterministic
+from mnistpipe.training import fit
 from tests.conftest import RECIPE, toy_data
 
 STEPS, BATCH = 100, 64
@@ -48,7 +49,8 @@ def main() -> None:
     recipe = RECIPE.model_copy(update={"epochs": 1, "batch_size": BATCH, "numerics": mode})
     model = build_model("cnn", CONFIG, mean=0.15, std=0.3)
     model = model.to(memory_format=torch.channels_last)
-    state, best = fit(model, train, val, recipe, seed=5, show_progress=False)
+    result = fit(model, train, val, recipe, seed=5, show_progress=False)
+    state, best = result.state_dict, result.best
     weights = b"".join(state[key].numpy().tobytes() for key in sorted(state))
     checkpoint = Checkpoint("cnn", CONFIG, recipe, state, "synthetic", tuple("0123456789"), 1, 0)
     logits = predict_logits(checkpoint.build(), toy_data(1000, 3).images, 250)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mnistpipe.params import read_params
-from mnistpipe.training import TrainParams
+from mnistpipe.recipe import TrainParams
 from tests.conftest import REPO
 from tools import params_doc
 

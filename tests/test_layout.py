@@ -111,3 +111,25 @@ def test_the_core_imports_neither_apps_nor_tools_and_nothing_imports_a_stage():
                 assert not any(name.startswith((f"{APPS}.", f"{TOOLS}.")) for name in imports), (
                     path
                 )
+
+
+def test_imports_point_one_way():
+    """Formats and configs at the bottom, the training loop above them: nothing that only
+    reads a checkpoint or the params loads the training loop (and tqdm with it)."""
+    loop = REPO / CORE / "training.py"
+    readers = ("stages.export", "stages.evaluate", "stages.report", "apps.predict", "apps.serve")
+    for module in (*readers, f"{CORE}.checkpoints", f"{CORE}.params"):
+        assert loop not in import_closure(module), module
+    assert loop in import_closure("stages.train")  # the check can see it
+    # the configs' base imports nothing of the pipeline but its error type
+    files = {module_file(name) for name in imported_modules(REPO / CORE / "config.py")}
+    assert files - {None} == {REPO / CORE / "errors.py"}
+
+
+def test_the_apps_never_load_torch():
+    """They run the ONNX model on ONNX Runtime: no file they execute imports torch, even
+    inside a function (the serve section is read through serving.py, not params.py)."""
+    for app in ("apps.predict", "apps.serve"):
+        for path in import_closure(app):
+            imports = imported_modules(path)
+            assert not any(name.split(".")[0] == "torch" for name in imports), (app, path)

@@ -11,12 +11,12 @@ from mnistpipe.models import (
     ExamplesCNN,
     ExamplesCNNConfig,
     MLPConfig,
-    ModelParams,
     build_model,
     fuse_batch_norm,
     predict_logits,
     to_unit,
 )
+from mnistpipe.params import ModelParams
 from tests.conftest import RECIPE
 
 
@@ -40,6 +40,13 @@ def test_models_map_images_to_ten_logits(name, model_config, model_type):
 
 
 def test_every_registered_model_has_a_params_entry_and_its_own_config():
+    fields = {
+        field.alias or name: field.annotation for name, field in ModelParams.model_fields.items()
+    }
+    assert fields == {
+        "name": fields["name"],
+        **{name: spec.config for name, spec in MODELS.items()},
+    }
     section = ModelParams.model_validate(
         {"name": "mlp", **{name: {} for name in MODELS}, "cnn": {"channels": [8], "convs": [1]}}
     )

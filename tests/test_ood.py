@@ -9,7 +9,8 @@ import torch
 from mnistpipe import ood, synthetic
 from mnistpipe.imaging import ImageError, NoInkError, to_mnist
 from mnistpipe.models import build_model, predict_logits
-from mnistpipe.training import make_optimizer, make_schedule, outlier_loss, train_epoch
+from mnistpipe.recipe import make_optimizer, make_schedule
+from mnistpipe.training import outlier_loss, train_epoch
 from tests.conftest import RECIPE, SMALL_CNN, toy_data
 
 

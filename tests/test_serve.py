@@ -33,7 +33,7 @@ from mnistpipe import processed
 from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.datasets import DATASETS
 from mnistpipe.onnx_model import load_onnx
-from mnistpipe.params import ServeParams
+from mnistpipe.serving import ServeParams
 from tests.conftest import REPO, non_digit_uploads
 from tests.helpers import exported, uniform_images
 

@@ -12,8 +12,8 @@ from mnistpipe import idx, sources
 from mnistpipe.datasets import DATASETS, IDX_FILES, TRAIN_IMAGES, TRAIN_LABELS
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import md5_hex
-from mnistpipe.params import DownloadParams
 from mnistpipe.sources import (
+    DownloadParams,
     FolderSource,
     decode_mnist_pickle,
     fetch_verified,

@@ -9,8 +9,7 @@ import pytest
 from mnistpipe import processed
 from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.datasets import TRAIN_LABELS
-from mnistpipe.params import load_section
-from mnistpipe.training import TrainParams
+from mnistpipe.params import load_params
 from tests.helpers import params_file, run_chain, stage
 
 
@@ -132,7 +131,7 @@ def test_train_trains_the_named_model_and_records_its_recipe(tmp_path, raw_dir):
     out, _ = run_chain(tmp_path, raw_dir, params, "a")
     checkpoint = load_checkpoint(out / "model.pt")
     assert checkpoint.model_name == "mlp" and checkpoint.model_config.hidden == (16,)
-    recipe = load_section(TrainParams, params).to_mapping()
+    recipe = load_params(params).train.to_mapping()
     assert checkpoint.recorded_recipe() == {k: v for k, v in recipe.items() if k != "threads"}
     assert (checkpoint.recipe.optimizer, checkpoint.recipe.epochs) == ("adadelta", 1)
     history = pd.read_csv(out / "history.csv")
@@ -186,7 +185,9 @@ def test_train_rejects_bad_params_before_training(tmp_path, raw_dir):
         "--params",
         params,
     )
-    assert_one_line_error(result, "train", "train.epochs: must be at least 1, got 0")
+    assert_one_line_error(
+        result, "train", "train.epochs: input should be greater than or equal to 1, got 0"
+    )
 
 
 @pytest.mark.slow  # starts a training process

@@ -2,21 +2,11 @@ import pytest
 import torch
 
 from mnistpipe.checkpoints import Checkpoint, save_checkpoint
+from mnistpipe.device import make_deterministic, select_device
 from mnistpipe.errors import PipelineError
 from mnistpipe.models import build_model, to_unit
-from mnistpipe.training import (
-    OPTIMIZERS,
-    SCHEDULES,
-    Data,
-    augment,
-    evaluate,
-    fit,
-    make_deterministic,
-    make_optimizer,
-    make_schedule,
-    select_device,
-    train_epoch,
-)
+from mnistpipe.recipe import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from mnistpipe.training import Data, augment, fit, loss_and_accuracy, train_epoch
 from tests.conftest import RECIPE, SMALL_CNN, toy_data
 
 
@@ -33,25 +23,28 @@ def test_loss_falls_over_a_few_steps():
     optimizer = make_optimizer(model, params)
     schedule = make_schedule(optimizer, params, total_steps=40)
     generator = torch.Generator().manual_seed(0)
-    before, _ = evaluate(model, data)
+    before, _ = loss_and_accuracy(model, data)
     losses = [
         train_epoch(model, optimizer, schedule, data, params, generator)[0] for _ in range(4)
     ]
-    after, accuracy = evaluate(model, data)
+    after, accuracy = loss_and_accuracy(model, data)
     assert losses[-1] < losses[0] and after < before * 0.5
     assert accuracy > 0.9
 
 
 def test_fit_returns_the_best_validation_epoch():
     make_deterministic(seed=0, threads=1)
-    seen = []
     recipe = RECIPE.model_copy(update={"epochs": 3})
-    state, best = fit(
-        small_cnn(), toy_data(200, 1), toy_data(50, 2), recipe, 0, seen.append, False
-    )
-    assert [row.epoch for row in seen] == [1, 2, 3]
-    assert best == max(seen, key=lambda row: (row.val_accuracy, -row.epoch))
-    assert set(state) == set(small_cnn().state_dict())
+    model, val = small_cnn(), toy_data(50, 2)
+    result = fit(model, toy_data(200, 1), val, recipe, 0, show_progress=False)
+    assert [row.epoch for row in result.history] == [1, 2, 3]
+    first_best = max(result.history, key=lambda row: (row.val_accuracy, -row.epoch))
+    assert result.best == first_best
+    assert set(result.state_dict) == set(model.state_dict())
+    # the state is the best epoch's: its validation accuracy, recomputed, is the best one's
+    model.load_state_dict(result.state_dict)
+    assert loss_and_accuracy(model, val)[1] == result.best.val_accuracy
+    assert all(row.seconds > 0 for row in result.history)
 
 
 def on_device(data: Data, device: str) -> Data:
@@ -69,8 +62,9 @@ def trained_checkpoint_bytes(tmp_path, seed: int, device: str = "cpu") -> bytes:
     make_deterministic(seed, threads=1)
     model = small_cnn(device)
     train, val = on_device(toy_data(200, 1), device), on_device(toy_data(50, 2), device)
-    state, best = fit(model, train, val, RECIPE, seed, show_progress=False)
-    model.load_state_dict(state)
+    result = fit(model, train, val, RECIPE, seed, show_progress=False)
+    model.load_state_dict(result.state_dict)
+    best = result.best
     path = tmp_path / f"{seed}-{device}.pt"
     save_checkpoint(path, checkpoint_of(model, best.epoch, best.val_accuracy))
     return path.read_bytes()

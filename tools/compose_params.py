@@ -17,8 +17,8 @@ from pathlib import Path
 
 from dvc.utils.hydra import compose_and_dump
 
+from mnistpipe.config import PARAMS_FILE
 from mnistpipe.files import write_text_atomic
-from mnistpipe.params import PARAMS_FILE
 
 CONFIG_DIR = Path("conf")  # DVC's default hydra.config_dir
 CONFIG_NAME = "config"  # DVC's default hydra.config_name

@@ -2,7 +2,7 @@
 
     python -m tools.params_doc [--check]      (or: make docs)
 
-The fields' descriptions (mnistpipe/params.py, training.py, models.py) are the one source of
+The fields' descriptions (params.py's `Params` and the configs it references) are the one source of
 each key's meaning; the defaults are the values of the committed `params.yaml`, composed from
 conf/. `--check` writes nothing and exits 1 when docs/params.md is stale (a test runs it).
 """
@@ -18,35 +18,9 @@ import yaml
 from pydantic import BaseModel
 
 from mnistpipe.files import write_text_atomic
-from mnistpipe.models import ModelParams
-from mnistpipe.params import (
-    PARAMS_FILE,
-    SECTION_NAMES,
-    SEED_DESCRIPTION,
-    DataParams,
-    DownloadParams,
-    EvaluateParams,
-    ExportParams,
-    PreprocessParams,
-    ReportParams,
-    Section,
-    ServeParams,
-    read_params,
-)
-from mnistpipe.training import TrainParams
+from mnistpipe.params import PARAMS_FILE, Params, read_params
 
 DOC = Path("docs/params.md")
-SECTIONS: tuple[type[Section], ...] = (
-    DataParams,
-    DownloadParams,
-    PreprocessParams,
-    ModelParams,
-    TrainParams,
-    ExportParams,
-    EvaluateParams,
-    ReportParams,
-    ServeParams,
-)
 HEADER = """\
 # Params
 
@@ -95,13 +69,9 @@ def rows(model: type[BaseModel], values: dict[str, Any], prefix: str) -> list[st
 
 def render(params: dict[str, Any]) -> str:
     """The whole docs/params.md for the values of `params` (a parsed params.yaml)."""
-    by_name = {cls.NAME: cls for cls in SECTIONS}
-    assert tuple(by_name) == SECTION_NAMES, "SECTIONS must follow params.py's SECTION_NAMES"
-    body = [f"| `seed` | {shown(params['seed'])} | {SEED_DESCRIPTION} |\n"]
-    for name in SECTION_NAMES:
-        body += rows(by_name[name], params[name], f"{name}.")
-        if name == "preprocess":  # the recipe is composed over the sections that follow
-            body.append(RECIPE_ROW)
+    body = rows(Params, params, "")
+    recipe_at = next(i for i, row in enumerate(body) if row.startswith("| `model."))
+    body.insert(recipe_at, RECIPE_ROW)  # the recipe is composed over `model` and `train`
     return HEADER + "".join(body) + FOOTER
 
 
