@@ -152,6 +152,9 @@ def prepare_bytes(data: bytes, name: str) -> np.ndarray:
     return _named(name, lambda: to_mnist(load_grey(io.BytesIO(data), name)))
 
 
+FOREIGN_DIGITS = 500  # of scikit-learn's 1,797 8x8 digits: the evaluate stage's foreign set
+
+
 def _named(name: str, convert: Callable[[], np.ndarray]) -> np.ndarray:
     try:
         return convert()
@@ -160,7 +163,9 @@ def _named(name: str, convert: Callable[[], np.ndarray]) -> np.ndarray:
         raise type(exc)(message if message.startswith(name) else f"{name}: {message}") from None
 
 
-def foreign_digit_pages(count: int = 500, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+def foreign_digit_pages(
+    count: int = FOREIGN_DIGITS, seed: int = 0
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Digits from outside MNIST, as a person would photograph them: scikit-learn's 8x8
     handwritten digits (another set of writers and scanner, bundled with scikit-learn), as dark
     ink on a 200x160 light page at random offsets. Returns the pages and their labels."""

@@ -19,9 +19,11 @@ import pandas as pd
 import yaml
 
 from mnistpipe import figures, ood, processed
+from mnistpipe.calibration import ECE_BINS
 from mnistpipe.checkpoints import Checkpoint, load_checkpoint
 from mnistpipe.cli import run_stage
 from mnistpipe.files import sha256_file, write_bytes_atomic, write_text_atomic
+from mnistpipe.markdown import render
 from mnistpipe.model_card import ModelFile, model_card
 from mnistpipe.params import PARAMS_FILE, ReportParams, load_params
 from mnistpipe.processed import Split
@@ -143,84 +145,35 @@ def report_markdown(
     run_params: dict,
     params: ReportParams,
 ) -> str:
-    metrics, per_class, history = run.metrics, run.per_class, run.history
-    pairs = confused_pairs(run.confusion, params.confused_pairs)
+    metrics, per_class = run.metrics, run.per_class
+    table = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
     weakest = per_class.sort_values(["f1", "class"])[: params.weakest_classes]
-    lines = [
-        f"# Report: {checkpoint.dataset}",
-        "",
-        "The model's uses and limits: [model card](model_card.md).",
-        "",
-        f"Images: {sizes['train']:,} train, {sizes['val']:,} validation, {sizes['test']:,} test.",
-        "",
-        "## Test metrics",
-        "",
-        pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())}).to_markdown(
+    values = {
+        "dataset": checkpoint.dataset,
+        "sizes": sizes,
+        "m": metrics,
+        "metrics_table": table.to_markdown(index=False),
+        "per_class_table": per_class.to_markdown(index=False, floatfmt=".4f"),
+        "weakest": weakest.to_dict("records"),
+        "pairs_table": confused_pairs(run.confusion, params.confused_pairs).to_markdown(
             index=False
         ),
-        "",
-        "## Per class",
-        "",
-        per_class.to_markdown(index=False, floatfmt=".4f"),
-        "",
-        "Weakest classes by F1: "
-        + ", ".join(f"{row['class']} ({row['f1']:.4f})" for _, row in weakest.iterrows()),
-        "",
-        "## Most confused pairs",
-        "",
-        pairs.to_markdown(index=False),
-        "",
-        "![Confusion matrix](confusion_matrix.png)",
-        "",
-        "## Calibration",
-        "",
-        f"Probabilities are softmax(logits / {metrics['temperature']}): the temperature was"
-        " fitted on the validation split. Expected calibration error (15 bins) on the test set:"
-        f" {metrics['ece_uncalibrated']:.4f} before, {metrics['ece_calibrated']:.4f} after.",
-        "",
-        "![Reliability diagram](reliability.png)",
-        "",
-        "## Out of distribution",
-        "",
-        f"An input whose {ood.SCORE_NAME} score is above {checkpoint.ood_threshold} (fitted"
-        f" to flag {checkpoint.recipe.ood_rejection:.0%} of the validation split) is answered"
-        f" as unknown. On the test set it flags {metrics['ood_test_flagged']:.2%} of the"
-        f" digits; accuracy on the rest is {metrics['ood_test_accuracy_accepted']:.4f}. Pages"
-        " of each kind go through the predict command's preprocessing, which refuses blank,"
-        " faint and speck-sized ink; the score flags what reaches the model. AUROC: the"
-        " score against the test digits, refused pages counted as certain rejections.",
-        "",
-        ood_table(run).to_markdown(index=False, floatfmt=".4f"),
-        "",
-        "Letters that pass as a class (letter → class, how many of its"
-        f" {len(LETTER_FONTS)} fonts):"
-        f" {passing_letters(run, checkpoint.classes, checkpoint.ood_threshold)}.",
-        "",
-        "![OOD scores](ood_scores.png)",
-        "",
-        "## Training",
-        "",
-        f"Checkpoint from epoch {checkpoint.epoch} of {len(history)}, the best validation"
-        f" accuracy ({checkpoint.val_accuracy:.4f}). Trained on {checkpoint.device} with torch"
-        f" {checkpoint.torch_version}, seed {run_params['seed']}.",
-        "",
-        "![Training curves](training_curves.png)",
-        "",
-        "## Digits",
-        "",
-        "![Misclassified test digits](misclassified.png)",
-        "",
-        "![Sample test predictions](samples.png)",
-        "",
-        "![Class distribution](class_distribution.png)",
-        "",
-        "## Params of the run",
-        "",
-        "```yaml",
-        yaml.safe_dump(run_params, sort_keys=False).strip(),
-        "```",
-    ]
-    return "\n".join(lines) + "\n"
+        "ece_bins": ECE_BINS,
+        "score_name": ood.SCORE_NAME,
+        "ood_threshold": checkpoint.ood_threshold,
+        "ood_rejection": checkpoint.recipe.ood_rejection,
+        "ood_table": ood_table(run).to_markdown(index=False, floatfmt=".4f"),
+        "letter_fonts": len(LETTER_FONTS),
+        "passing_letters": passing_letters(run, checkpoint.classes, checkpoint.ood_threshold),
+        "epoch": checkpoint.epoch,
+        "epochs": len(run.history),
+        "val_accuracy": checkpoint.val_accuracy,
+        "device": checkpoint.device,
+        "torch_version": checkpoint.torch_version,
+        "seed": run_params["seed"],
+        "run_params_yaml": yaml.safe_dump(run_params, sort_keys=False).strip(),
+    }
+    return render("report.md.j2", values)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,13 +6,17 @@ import json
 import subprocess
 import sys
 
+import jinja2
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
 from mnistpipe import figures
+from mnistpipe.calibration import ECE_BINS
 from mnistpipe.datasets import DATASETS
+from mnistpipe.imaging import FOREIGN_DIGITS
+from mnistpipe.markdown import TEMPLATES, render
 from stages.report import confused_pairs
 from tests.conftest import REPO
 from tests.helpers import params_file, run_chain
@@ -186,3 +190,14 @@ def names_overlap(figure) -> bool:
         return bool(np.diff(ticks).min() * np.sin(angle) < height)
     finally:
         plt.close(figure)
+
+
+def test_documents_come_from_templates_that_refuse_a_missing_number():
+    """A value the template names but the code does not give is an error, not a blank."""
+    with pytest.raises(jinja2.UndefinedError, match="'metrics_table' is undefined"):
+        render("report.md.j2", {"dataset": "mnist", "sizes": {"train": 1, "val": 1, "test": 1}})
+    # the prose restates no constant of the code: the ECE bins and the foreign set are filled in
+    for template in TEMPLATES.glob("*.md.j2"):
+        text = template.read_text(encoding="utf-8")
+        assert f"{ECE_BINS} bins" not in text and f"{FOREIGN_DIGITS} foreign" not in text
+        assert "{{ ece_bins }} bins" in text

@@ -29,11 +29,13 @@ descriptions and the committed params.yaml: edit those, not this file. -->
 
 `conf/config.yaml` (composed into `params.yaml`) is the only source of settings: one section
 per stage (and `serve` for the web server), plus `data` and `seed`; `conf/recipe/` holds the
-named recipes. Each stage loads its sections into frozen pydantic models (strict types,
-`Literal` choices read from the registries `MODELS`, `OPTIMIZERS`, `SCHEDULES`, `SOURCES`
-and `DATASETS`, `Field` bounds) before doing any work; an unknown key (a typo), a missing
-key, a wrong type or a value out of range stops it with a one-line error that names the file
-and the key, e.g.
+named recipes. The whole file is one nested pydantic model, `Params` in
+`mnistpipe/params.py` (the model configs, the `train` recipe, `download` and `serve` sit
+beside their code and are referenced from it). Each stage loads it once, before doing any
+work: frozen, strict types, `Literal` choices read from the registries `MODELS`,
+`OPTIMIZERS`, `SCHEDULES`, `SOURCES` and `DATASETS`, `Field` bounds. An unknown key (a
+typo), a missing key, a wrong type or a value out of range stops it with a one-line error
+that names the file and the key, e.g.
 `preprocess: error: params.yaml: unknown key preprocess.val_sise; known keys: val_size, subset`.
 
 | key | default | meaning |
