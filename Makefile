@@ -25,8 +25,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	python -m pytest -m "not slow"
 
-# docs/params.md from the params' pydantic descriptions (a test fails when it is stale).
-docs: $(STAMP)
+# docs/params.md from the params' pydantic descriptions and params.yaml, composed first (a test
+# fails when it is stale).
+docs: params
 	python -m tools.params_doc
 
 lint: $(STAMP)

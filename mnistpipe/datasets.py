@@ -9,17 +9,25 @@ TRAIN_LABELS = "train-labels-idx1-ubyte"
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 IDX_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+DIGITS = tuple(str(digit) for digit in range(10))  # the classes of a handwritten-digit dataset
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatasetSpec:
+    """A dataset in MNIST's idx format; docs/guides/add-a-dataset.md registers a new one."""
+
     name: str
-    torchvision_class: str  # attribute of torchvision.datasets
     md5: dict[str, str]  # idx file name -> MD5 of the extracted (uncompressed) file
     classes: tuple[str, ...]  # class index -> human-readable name
     description: str  # what the images are and where they come from (for the model card)
     subject: str  # what every image shows, for "this does not look like {subject}"
+    torchvision_class: str | None = None  # its class in torchvision.datasets, if it has one
     debian_dir: str | None = None  # where a Debian package installs the idx files
+
+    @property
+    def digits(self) -> bool:
+        """Handwritten digits 0-9: the foreign-digit check and the digit wording apply."""
+        return self.classes == DIGITS
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -32,7 +40,7 @@ DATASETS: dict[str, DatasetSpec] = {
             TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",
             TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",
         },
-        classes=tuple(str(digit) for digit in range(10)),
+        classes=DIGITS,
         description=(
             "MNIST (LeCun, Cortes and Burges): handwritten digits 0-9 from NIST's Special"
             " Databases 1 and 3, written by US Census Bureau employees and high-school"

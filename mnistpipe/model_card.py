@@ -15,7 +15,7 @@ import pandas as pd
 
 from mnistpipe.calibration import ECE_BINS
 from mnistpipe.checkpoints import Checkpoint
-from mnistpipe.datasets import DATASETS
+from mnistpipe.datasets import DATASETS, DIGITS
 from mnistpipe.imaging import FOREIGN_DIGITS
 from mnistpipe.markdown import render
 from mnistpipe.ood import SCORE_NAME, metric
@@ -47,7 +47,7 @@ def model_card(
     ]
     values = {
         "dataset": checkpoint.dataset,
-        "digits": checkpoint.dataset == "mnist",
+        "digits": checkpoint.classes == DIGITS,
         "dataset_description": spec.description if spec else checkpoint.dataset,
         "model_name": checkpoint.model_name,
         "config_json": json.dumps(checkpoint.model_config.to_mapping()),

@@ -92,6 +92,8 @@ class TorchvisionSource:
     name = "torchvision"
 
     def fetch(self, spec: DatasetSpec, workdir: Path) -> dict[str, bytes]:
+        if spec.torchvision_class is None:
+            raise PipelineError(f"torchvision does not carry {spec.name}")
         import torchvision.datasets  # slow import, only when this source is used
 
         dataset_class = getattr(torchvision.datasets, spec.torchvision_class)

@@ -4,7 +4,7 @@ Writes the metrics JSON (only values a rerun reproduces), the labelled confusion
 per-class precision/recall/F1, one `actual,predicted,confidence` row per test image (also for
 DVC's confusion plot), the misclassified images with their top-2 classes, and the reliability
 table of the confidence before and after the checkpoint's temperature. Confidences in the CSVs
-are calibrated, as the apps show them. For an MNIST model, also the accuracy on foreign
+are calibrated, as the apps show them. For a model of the digits 0-9, also the accuracy on foreign
 digits (scikit-learn's, photographed-style pages put through the predict command's
 preprocessing).
 
@@ -36,6 +36,7 @@ from mnistpipe.calibration import (
 )
 from mnistpipe.checkpoints import load_checkpoint, require_same_dataset
 from mnistpipe.cli import run_stage
+from mnistpipe.datasets import DIGITS
 from mnistpipe.device import select_device
 from mnistpipe.files import write_text_atomic
 from mnistpipe.metrics import (
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = processed.load_meta(args.data)
     require_same_dataset(checkpoint, meta, args.model, args.data)
     test = processed.load_split(args.data, "test")
-    model = checkpoint.build().to(select_device(params.device))
-    logits = predict_logits(model, torch.from_numpy(test.images), params.batch_size)
+    model, batch = checkpoint.build().to(select_device(params.device)), params.batch_size
+    logits = predict_logits(model, torch.from_numpy(test.images), batch)
     labels, predicted = test.labels.astype(np.int64), logits.argmax(1).numpy()
     metrics = summary_metrics(labels, logits)
     calibration_metrics, reliability = calibration(logits.numpy(), labels, checkpoint.temperature)
@@ -87,11 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     probabilities = softmax(logits.numpy(), checkpoint.temperature)
     scores = ood.score(logits.numpy())
     kinds = {kind: ood_pages(kind, seed) for kind in OOD_KINDS}
-    if meta.dataset == "mnist":  # foreign digits are digits: other datasets skip them
+    if meta.classes == DIGITS:  # foreign digits are digits: other datasets skip them
         kinds[FOREIGN] = foreign_pages()
     ood_table = pd.concat(
         [
-            scored_pages(kind, pages, model, checkpoint.temperature, params.batch_size)
+            scored_pages(kind, pages, model, checkpoint.temperature, batch)
             for kind, pages in kinds.items()
         ],
         ignore_index=True,
@@ -101,15 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(args.metrics, json.dumps(metrics, indent=2) + "\n")
     write_text_atomic(args.confusion, confusion_table(labels, predicted, meta.classes).to_csv())
     write_text_atomic(args.per_class, per_class_table(labels, predicted, meta.classes).to_csv())
-    confidence = probabilities.max(1).round(6)
-    predictions = pd.DataFrame(
-        {
-            "actual": labels,
-            "predicted": predicted,
-            "confidence": confidence,
-            "ood_score": scores.round(ood.THRESHOLD_DECIMALS),
-        }
-    )
+    predictions = predictions_table(labels, predicted, probabilities, scores)
     write_text_atomic(args.predictions, predictions.to_csv(index=False))
     misclassified = misclassified_table(labels, probabilities)
     write_text_atomic(args.misclassified, misclassified.to_csv(index=False))
@@ -129,6 +122,21 @@ def main(argv: list[str] | None = None) -> None:
         metrics["ece_uncalibrated"],
         metrics["ece_calibrated"],
         checkpoint.temperature,
+    )
+
+
+def predictions_table(
+    labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, scores: np.ndarray
+) -> pd.DataFrame:
+    """One row per test image: its class, the predicted one, the calibrated confidence and
+    the OOD score (also DVC's confusion plot)."""
+    return pd.DataFrame(
+        {
+            "actual": labels,
+            "predicted": predicted,
+            "confidence": probabilities.max(1).round(6),
+            "ood_score": scores.round(ood.THRESHOLD_DECIMALS),
+        }
     )
 
 

@@ -1,5 +1,6 @@
 """Helpers that several test modules share: small models, files and stage runs."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -14,13 +15,31 @@ from PIL import Image
 from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.datasets import DATASETS
 from mnistpipe.files import sha256_file, write_bytes_atomic
-from mnistpipe.models import build_model
+from mnistpipe.models import MODELS, build_model
 from mnistpipe.onnx_model import LOGITS, OOD_SCORE, PROBABILITIES, Metadata
 from stages.evaluate import OUTPUTS
 from stages.export import export_bytes
 from tests.conftest import RECIPE, REPO, SMALL_CNN
 
 CLASSES = tuple("0123456789")
+
+
+def other_model_sections(spelled_out: tuple[str, ...] = ("cnn", "mlp", "examples-cnn")) -> str:
+    """The `model` section's lines for the registered models a hand-written params file does
+    not spell out (such as one added by docs/guides/add-a-model.md), with their defaults:
+    a params file names every model's config."""
+    return "".join(
+        f"  {name}: {json.dumps(spec.config().to_mapping())}\n"
+        for name, spec in MODELS.items()
+        if name not in spelled_out
+    )
+
+
+def choices(names) -> str:
+    """Registry names as pydantic lists a Literal's choices: 'a', 'b' or 'c'."""
+    names = [repr(name) for name in names]
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
 
 PARAMS = """
 seed: 3
@@ -42,7 +61,7 @@ model:
     hidden: [16]
     dropout: 0.0
   examples-cnn: {{}}
-train:
+{other_models}train:
   epochs: 2
   batch_size: 32
   optimizer: sgd
@@ -93,12 +112,17 @@ def stage(name, *args, launched=True):
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
 
 
-def params_file(tmp_path, raw_dir, **replace):
-    text = textwrap.dedent(PARAMS.format(local_dir=raw_dir))
+def params_text(local_dir, **replace) -> str:
+    """PARAMS for the idx files in `local_dir`, with each `old=new` text replacement made."""
+    text = textwrap.dedent(PARAMS.format(local_dir=local_dir, other_models=other_model_sections()))
     for old, new in replace.items():
         text = text.replace(old, new)
+    return text
+
+
+def params_file(tmp_path, raw_dir, **replace):
     path = tmp_path / "params.yaml"
-    path.write_text(text)
+    path.write_text(params_text(raw_dir, **replace))
     return path
 
 

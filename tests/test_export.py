@@ -21,7 +21,7 @@ from mnistpipe.onnx_model import LOGITS, OOD_SCORE, PROBABILITIES, classify, loa
 from mnistpipe.ood import score
 from stages.export import main
 from tests.conftest import RECIPE, REPO, SMALL_CNN, toy_data
-from tests.helpers import CLASSES, PARAMS, metadata, tiny_model
+from tests.helpers import CLASSES, metadata, params_text, tiny_model
 
 TEMPERATURE = 1.7
 OOD_THRESHOLD = -0.1  # between the scores of the random model on `images` (-0.14 to -0.08)
@@ -30,7 +30,7 @@ VAL_ACCURACY = 0.4375
 
 
 def write_params(path, tolerance="1.0e-4"):
-    path.write_text(PARAMS.format(local_dir="null").replace("1.0e-4", tolerance))
+    path.write_text(params_text("null", **{"tolerance: 1.0e-4": f"tolerance: {tolerance}"}))
     return path
 
 

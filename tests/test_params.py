@@ -4,8 +4,9 @@ import textwrap
 import pytest
 from pydantic import ValidationError
 
+from mnistpipe.datasets import DATASETS
 from mnistpipe.errors import PipelineError
-from mnistpipe.models import CNNConfig
+from mnistpipe.models import MODELS, CNNConfig
 from mnistpipe.params import (
     ExportParams,
     Params,
@@ -15,8 +16,10 @@ from mnistpipe.params import (
 )
 from mnistpipe.sources import DownloadParams
 from tests.conftest import REPO
+from tests.helpers import choices, other_model_sections
 
-VALID = """
+VALID = (
+    """
 seed: 7
 data:
   dataset: mnist
@@ -36,7 +39,9 @@ model:
     hidden: [128]
     dropout: 0.0
   examples-cnn: {}
-train:
+"""
+    + other_model_sections()
+    + """train:
   epochs: 3
   batch_size: 64
   optimizer: adam
@@ -74,6 +79,7 @@ serve:
   max_batch: 64
   batch_wait_ms: 2.0
 """
+)
 
 
 def write(tmp_path, text):
@@ -129,7 +135,7 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
         (
             "dataset: mnist",
             "dataset: cifar",
-            "data.dataset: input should be 'mnist' or 'fashion-mnist', got 'cifar'",
+            f"data.dataset: input should be {choices(DATASETS)}, got 'cifar'",
         ),
         (
             "[pypi, local]",
@@ -154,7 +160,7 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
         (
             "name: cnn",
             "name: resnet",
-            "model.name: input should be 'cnn', 'mlp' or 'examples-cnn', got",
+            f"model.name: input should be {choices(MODELS)}, got 'resnet'",
         ),
         (
             "convs: [1, 2]",
