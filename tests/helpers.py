@@ -41,7 +41,18 @@ def choices(names) -> str:
     return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
 
 
-PARAMS = """
+# The web server's section, which no stage reads: the same in every hand-written params file.
+SERVE_SECTION = """\
+serve:
+  host: 127.0.0.1
+  port: 8000
+  max_upload_mb: 5.0
+  max_batch: 64
+  batch_wait_ms: 2.0
+"""
+
+PARAMS = (
+    """
 seed: 3
 data:
   dataset: mnist
@@ -92,13 +103,9 @@ report:
   samples_shown: 8
   confused_pairs: 3
   weakest_classes: 3
-serve:
-  host: 127.0.0.1
-  port: 8000
-  max_upload_mb: 5.0
-  max_batch: 64
-  batch_wait_ms: 2.0
 """
+    + SERVE_SECTION
+)
 
 
 NUMERICS = {"train": "portable", "evaluate": "portable"}  # as PARAMS, and dvc.yaml's commands

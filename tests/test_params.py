@@ -16,7 +16,7 @@ from mnistpipe.params import (
 )
 from mnistpipe.sources import DownloadParams
 from tests.conftest import REPO
-from tests.helpers import choices, other_model_sections
+from tests.helpers import SERVE_SECTION, choices, other_model_sections
 
 VALID = (
     """
@@ -72,13 +72,8 @@ report:
   samples_shown: 32
   confused_pairs: 5
   weakest_classes: 3
-serve:
-  host: 127.0.0.1
-  port: 8000
-  max_upload_mb: 5.0
-  max_batch: 64
-  batch_wait_ms: 2.0
 """
+    + SERVE_SECTION
 )
 
 
