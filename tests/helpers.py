@@ -282,3 +282,9 @@ def schema_check(path: Path) -> subprocess.CompletedProcess:
         str(path),
     ]
     return subprocess.run(command, capture_output=True, text=True)
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of each row of a Markdown table, stripped."""
+    rows = [line.strip().strip("|") for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.split("|")] for row in rows]

@@ -34,12 +34,6 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"^Running stage '([\w-]+)':", result.stdout, re.MULTILINE))
 
 
-def markdown_rows(text: str) -> list[list[str]]:
-    """The cells of each row of a Markdown table, stripped."""
-    rows = [line.strip().strip("|") for line in text.splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in row.split("|")] for row in rows]
-
-
 def test_the_first_run_downloads_verified_mnist_and_runs_every_stage(pipeline_baseline):
     repo, first = pipeline_baseline
     assert ran(first) == set(STAGES)
@@ -127,39 +121,6 @@ def test_repro_twice_does_nothing_the_second_time(pipeline_repo):
     assert status.returncode == 0 and "up to date" in status.stdout
 
 
-def test_train_params_rerun_train_onwards_and_show_in_the_diffs(pipeline_repo):
-    before = json.loads((pipeline_repo / "metrics" / "metrics.json").read_text())
-    experiment = run(["dvc", "exp", "run", "-S", "train.epochs=2"], pipeline_repo)
-    assert ran(experiment) == {"train", "export", "evaluate", "report"}
-
-    metrics = json.loads(run(["dvc", "metrics", "diff", "--json"], pipeline_repo).stdout)
-    accuracy = metrics["metrics/metrics.json"]["accuracy"]
-    after = json.loads((pipeline_repo / "metrics" / "metrics.json").read_text())
-    assert accuracy["old"] == before["accuracy"] and accuracy["new"] == after["accuracy"]
-    assert accuracy["old"] != accuracy["new"]
-    rows = markdown_rows(run(["dvc", "metrics", "diff", "--md"], pipeline_repo).stdout)
-    assert rows[0][:4] == ["Path", "Metric", "HEAD", "workspace"]
-    expected = [
-        "metrics/metrics.json",
-        "accuracy",
-        str(before["accuracy"]),
-        str(after["accuracy"]),
-    ]
-    assert expected in [row[:4] for row in rows]
-
-    params = json.loads(run(["dvc", "params", "diff", "--json"], pipeline_repo).stdout)
-    assert params["params.yaml"]["train.epochs"] == {"old": 1, "new": 2, "diff": 1}
-    rows = markdown_rows(run(["dvc", "params", "diff", "--md"], pipeline_repo).stdout)
-    assert ["params.yaml", "train.epochs", "1", "2"] in rows
-
-    plots = json.loads(run(["dvc", "plots", "show", "--json"], pipeline_repo).stdout)["data"]
-    assert {"Loss", "Accuracy", "Confusion matrix"} <= set(plots)
-    epochs = {row["epoch"] for row in plots["Loss"][0]["content"]["data"]["values"]}
-    assert epochs == {"1", "2"}
-    diff = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], pipeline_repo).stdout)
-    assert set(diff["data"]["Accuracy"][0]["revisions"]) == {"HEAD", "workspace"}
-
-
 def test_a_recipe_is_one_flag_and_dvc_shows_what_it_trained(pipeline_repo):
     edit_config(pipeline_repo, {"  epochs: 1\n": "  epochs: 2\n"})  # the fast recipe has 1
     run(["git", "commit", "-qam", "two epochs"], pipeline_repo)
@@ -203,21 +164,6 @@ def test_a_dataset_change_reruns_the_chain_from_download(pipeline_repo):
     status = json.loads(run(["dvc", "status", "--json"], pipeline_repo).stdout)
     assert {"download", "preprocess", "report"} <= set(status)
     assert "changed command" in status["download"] and "changed command" in status["preprocess"]
-
-
-def test_a_local_remote_round_trip_restores_everything_without_rerunning(pipeline_repo, tmp_path):
-    remote = tmp_path / "remote"
-    run(["dvc", "remote", "add", "-d", "storage", str(remote)], pipeline_repo)
-    run(["dvc", "push"], pipeline_repo)
-    run(["git", "commit", "-qam", "add a remote"], pipeline_repo)
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(pipeline_repo), str(clone)], tmp_path)
-    assert not (clone / "models" / "model.pt").exists()
-    run(["dvc", "pull"], clone)
-    model = (clone / "models" / "model.pt").read_bytes()
-    assert model == (pipeline_repo / "models" / "model.pt").read_bytes()
-    assert "up to date" in run(["dvc", "status"], clone).stdout
-    assert ran(run(["dvc", "repro"], clone)) == set()
 
 
 def test_a_queued_grid_runs_and_the_best_experiment_can_be_applied(pipeline_repo):

@@ -44,6 +44,7 @@ from mnistpipe.checkpoints import load_checkpoint
 from mnistpipe.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnistpipe.files import md5_hex
 from tests.conftest import REPO, TINY_PARAMS, dvc_env, edit_config, run, toy_data
+from tests.helpers import markdown_rows
 
 GUIDES = REPO / "docs" / "guides"
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```[ \t]*$", re.M | re.S)
@@ -304,6 +305,35 @@ def test_a_dataset_registered_by_the_guide_runs_through_the_pipeline(pipeline_re
     assert counts.splitlines()[1] == "0,0,50,50,20"  # class, name, train, val, test
 
 
+def check_the_diffs(repo: Path, before: dict) -> None:
+    """What DVC's diffs say of a run of 2 epochs against the committed 1, in JSON and
+    Markdown: the metrics at HEAD and in the workspace, the changed param, both plots."""
+    after = json.loads((repo / "metrics" / "metrics.json").read_text())
+    metrics = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
+    accuracy = metrics["metrics/metrics.json"]["accuracy"]
+    assert accuracy["old"] == before["accuracy"] and accuracy["new"] == after["accuracy"]
+    assert accuracy["old"] != accuracy["new"]
+    rows = markdown_rows(run(["dvc", "metrics", "diff", "--md"], repo).stdout)
+    assert rows[0][:4] == ["Path", "Metric", "HEAD", "workspace"]
+    expected = [
+        "metrics/metrics.json",
+        "accuracy",
+        str(before["accuracy"]),
+        str(after["accuracy"]),
+    ]
+    assert expected in [row[:4] for row in rows]
+    params = json.loads(run(["dvc", "params", "diff", "--json"], repo).stdout)
+    assert params["params.yaml"]["train.epochs"] == {"old": 1, "new": 2, "diff": 1}
+    rows = markdown_rows(run(["dvc", "params", "diff", "--md"], repo).stdout)
+    assert ["params.yaml", "train.epochs", "1", "2"] in rows
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
+    assert {"Loss", "Accuracy", "Confusion matrix"} <= set(plots)
+    epochs = {row["epoch"] for row in plots["Loss"][0]["content"]["data"]["values"]}
+    assert epochs == {"1", "2"}
+    diff = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], repo).stdout)
+    assert set(diff["data"]["Accuracy"][0]["revisions"]) == {"HEAD", "workspace"}
+
+
 @pytest.mark.slow
 def test_the_experiments_guide_runs_compares_and_keeps_the_best(pipeline_repo):
     # 2 epochs where the guide trains 8: one more than the baseline's, a change to compare
@@ -318,6 +348,7 @@ def test_the_experiments_guide_runs_compares_and_keeps_the_best(pipeline_repo):
     compared = guide.follow("2. Compare it with the last commit")
     assert re.search(r"train\.epochs\s+1\s+2", compared)  # dvc params diff
     assert (pipeline_repo / "dvc_plots" / "index.html").is_file()  # dvc plots diff
+    check_the_diffs(pipeline_repo, before)
     guide.follow("3. A whole recipe")
     queued = guide.follow("4. Queue several")
     assert queued.count("Queued") >= 2
@@ -355,6 +386,7 @@ def test_the_remote_guide_shares_data_models_and_experiments(pipeline_repo, tmp_
     guide.follow("3. A teammate clones and pulls")
     model = pipeline_repo / "models" / "model.pt"
     assert (teammate / "models" / "model.pt").read_bytes() == model.read_bytes()
+    assert stages_run(run(["dvc", "repro"], teammate).stdout) == []  # pulled, not rerun
 
     # The experiment the guide shares, made cheaply: a report-only change under its name.
     run(["dvc", "exp", "run", "-n", "epochs-8", "-S", "report.samples_shown=16"], pipeline_repo)
