@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from mnistpipe.cli import run_stage
+from mnistpipe.deploy.imaging import ImageError, find_images, prepare
+from mnistpipe.deploy.onnx_model import Answers, classify, load_onnx
 from mnistpipe.errors import PipelineError
-from mnistpipe.imaging import ImageError, find_images, prepare
-from mnistpipe.onnx_model import Answers, classify, load_onnx
 
 DEFAULT_MODEL = Path("models/model.onnx")  # the export stage's output (dvc.yaml's onnx_file)
 

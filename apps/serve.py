@@ -24,10 +24,10 @@ from apps.predict import DEFAULT_MODEL
 from apps.webapp import create_app
 from mnistpipe.cli import run_stage
 from mnistpipe.config import PARAMS_FILE
+from mnistpipe.deploy.onnx_model import OnnxClassifier, load_onnx
+from mnistpipe.deploy.serving import load_serve_params
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import sha256_file
-from mnistpipe.onnx_model import OnnxClassifier, load_onnx
-from mnistpipe.serving import load_serve_params
 
 log = logging.getLogger("serve")
 DEFAULT_METRICS = Path("metrics/metrics.json")

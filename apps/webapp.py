@@ -30,9 +30,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
-from mnistpipe.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
-from mnistpipe.onnx_model import Answer, OnnxClassifier, classify
-from mnistpipe.serving import ServeParams
+from mnistpipe.deploy.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
+from mnistpipe.deploy.onnx_model import Answer, OnnxClassifier, classify
+from mnistpipe.deploy.serving import ServeParams
 
 STATIC_DIR = Path(__file__).with_name("static")
 FORM_OVERHEAD = 64 * 1024  # bytes of multipart framing allowed beyond the file itself

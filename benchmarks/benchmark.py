@@ -34,12 +34,12 @@ import yaml
 from PIL import Image
 
 from benchmarks import load_test
-from mnistpipe import processed
-from mnistpipe.checkpoints import load_checkpoint
-from mnistpipe.metrics import summary_metrics
-from mnistpipe.models import predict_logits
-from mnistpipe.numerics import MODES
-from mnistpipe.page_scores import FOREIGN, foreign_pages, right_answers, scored_pages
+from mnistpipe.data import processed
+from mnistpipe.modeling.checkpoints import load_checkpoint
+from mnistpipe.modeling.metrics import summary_metrics
+from mnistpipe.modeling.models import predict_logits
+from mnistpipe.modeling.numerics import MODES
+from mnistpipe.modeling.page_scores import FOREIGN, foreign_pages, right_answers, scored_pages
 from tools.compose_params import CONFIG_DIR, compose
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def run_train(params: str, workdir: Path, data_dir: Path) -> tuple[float, float,
     params_path.write_text(params)
     numerics = yaml.safe_load(params)["train"]["numerics"]  # through the launcher, as dvc.yaml
     command = [
-        *(sys.executable, "-m", "mnistpipe.numerics", numerics, "stages.train"),
+        *(sys.executable, "-m", "mnistpipe.modeling.numerics", numerics, "stages.train"),
         *("--data", data_dir, "--model", model),
         *("--history", history, "--timings", workdir / "timings.csv", "--params", params_path),
     ]

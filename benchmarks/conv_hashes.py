@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import torch
 
-from mnistpipe import portable_conv
+from mnistpipe.modeling import portable_conv
 
 torch.set_num_threads(int(sys.argv[1]))
 portable_conv.install()

@@ -31,10 +31,10 @@ import torch
 from PIL import Image
 
 from benchmarks.benchmark import machine, serve_load
-from mnistpipe import processed
-from mnistpipe.checkpoints import load_checkpoint
-from mnistpipe.models import predict_logits
-from mnistpipe.onnx_model import LOGITS, classify, load_onnx
+from mnistpipe.data import processed
+from mnistpipe.deploy.onnx_model import LOGITS, classify, load_onnx
+from mnistpipe.modeling.checkpoints import load_checkpoint
+from mnistpipe.modeling.models import predict_logits
 
 BATCH_SIZES = (1, 32, 64, 100, 256, 1000)
 REPEATS = 3  # each throughput is the best of this many passes over the test set

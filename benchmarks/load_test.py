@@ -33,9 +33,9 @@ import httpx2
 import numpy as np
 from PIL import Image
 
-from mnistpipe import processed
-from mnistpipe.imaging import prepare_bytes
-from mnistpipe.onnx_model import classify, load_onnx
+from mnistpipe.data import processed
+from mnistpipe.deploy.imaging import prepare_bytes
+from mnistpipe.deploy.onnx_model import classify, load_onnx
 
 REPO = Path(__file__).resolve().parents[1]  # where `python -m apps.serve` runs
 

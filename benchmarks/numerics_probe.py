@@ -49,18 +49,18 @@ def child(data: Path, images: int, threads: int, mkldnn: bool) -> None:
     import torch
     import yaml
 
-    from mnistpipe import processed
     from mnistpipe.config import parse
-    from mnistpipe.device import make_deterministic
-    from mnistpipe.models import MODELS, build_model
-    from mnistpipe.recipe import TrainParams
-    from mnistpipe.training import Data, fit
+    from mnistpipe.data import processed
+    from mnistpipe.modeling.device import make_deterministic
+    from mnistpipe.modeling.models import MODELS, build_model
+    from mnistpipe.modeling.recipe import TrainParams
+    from mnistpipe.modeling.training import Data, fit
     from tools.compose_params import compose
 
     torch.backends.mkldnn.enabled = mkldnn
     make_deterministic(42, threads)
     if os.environ.get("PROBE_MKL_THREADS"):
-        from mnistpipe.numerics import set_mkl_threads
+        from mnistpipe.modeling.numerics import set_mkl_threads
 
         set_mkl_threads(int(os.environ["PROBE_MKL_THREADS"]))
     meta = processed.load_meta(data)

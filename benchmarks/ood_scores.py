@@ -2,7 +2,7 @@
 the max softmax probability on one checkpoint, each with its threshold fitted as the train
 stage fits it.
 
-    python -m mnistpipe.numerics portable benchmarks.ood_scores [--model models/model.pt]
+    python -m mnistpipe.modeling.numerics portable benchmarks.ood_scores [--model models/model.pt]
 
 For each score: the share of the test digits flagged and the accuracy on the rest; per kind of
 evaluate's synthetic non-digits, the share rejected (refused by the preprocessing, or flagged)
@@ -24,13 +24,14 @@ import pandas as pd
 import torch
 from scipy.special import logsumexp
 
-from mnistpipe import idx, ood, processed
-from mnistpipe.calibration import softmax
-from mnistpipe.checkpoints import load_checkpoint
-from mnistpipe.datasets import DATASETS, TEST_IMAGES
-from mnistpipe.models import predict_logits
-from mnistpipe.page_scores import foreign_pages, prepare_pages
-from mnistpipe.synthetic import OOD_KINDS, ood_pages
+from mnistpipe.data import idx, processed
+from mnistpipe.data.datasets import DATASETS, TEST_IMAGES
+from mnistpipe.modeling import ood
+from mnistpipe.modeling.calibration import softmax
+from mnistpipe.modeling.checkpoints import load_checkpoint
+from mnistpipe.modeling.models import predict_logits
+from mnistpipe.modeling.page_scores import foreign_pages, prepare_pages
+from mnistpipe.modeling.synthetic import OOD_KINDS, ood_pages
 
 Score = Callable[[np.ndarray, float], np.ndarray]  # (logits, temperature) -> higher: less known
 SCORES: dict[str, Score] = {

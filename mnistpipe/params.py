@@ -17,12 +17,12 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from mnistpipe.config import PARAMS_FILE, Config, Device, parse, read_params, rule
-from mnistpipe.datasets import DATASETS
-from mnistpipe.models import MODELS, CNNConfig, ExamplesCNNConfig, MLPConfig
-from mnistpipe.numerics import MODES
-from mnistpipe.recipe import TrainParams
-from mnistpipe.serving import ServeParams
-from mnistpipe.sources import DownloadParams
+from mnistpipe.data.datasets import DATASETS
+from mnistpipe.data.sources import DownloadParams
+from mnistpipe.deploy.serving import ServeParams
+from mnistpipe.modeling.models import MODELS, CNNConfig, ExamplesCNNConfig, MLPConfig
+from mnistpipe.modeling.numerics import MODES
+from mnistpipe.modeling.recipe import TrainParams
 
 SEED_RANGE = 2**32  # numpy's and torch's seeds are 32-bit
 

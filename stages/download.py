@@ -12,10 +12,10 @@ import tempfile
 from pathlib import Path
 
 from mnistpipe.cli import run_stage
-from mnistpipe.datasets import DATASETS, IDX_FILES, DatasetSpec
+from mnistpipe.data.datasets import DATASETS, IDX_FILES, DatasetSpec
+from mnistpipe.data.sources import Source, build_sources, fetch_verified
 from mnistpipe.files import write_bytes_atomic
 from mnistpipe.params import PARAMS_FILE, load_params
-from mnistpipe.sources import Source, build_sources, fetch_verified
 
 log = logging.getLogger("download")
 

@@ -27,28 +27,29 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mnistpipe import numerics, ood, processed
-from mnistpipe.calibration import (
+from mnistpipe.cli import run_stage
+from mnistpipe.data import processed
+from mnistpipe.data.datasets import DIGITS
+from mnistpipe.files import write_text_atomic
+from mnistpipe.modeling import numerics, ood
+from mnistpipe.modeling.calibration import (
     expected_calibration_error,
     negative_log_likelihood,
     reliability_table,
     softmax,
 )
-from mnistpipe.checkpoints import load_checkpoint, require_same_dataset
-from mnistpipe.cli import run_stage
-from mnistpipe.datasets import DIGITS
-from mnistpipe.device import select_device
-from mnistpipe.files import write_text_atomic
-from mnistpipe.metrics import (
+from mnistpipe.modeling.checkpoints import load_checkpoint, require_same_dataset
+from mnistpipe.modeling.device import select_device
+from mnistpipe.modeling.metrics import (
     confusion_table,
     misclassified_table,
     per_class_table,
     summary_metrics,
 )
-from mnistpipe.models import predict_logits
-from mnistpipe.page_scores import FOREIGN, foreign_pages, right_answers, scored_pages
+from mnistpipe.modeling.models import predict_logits
+from mnistpipe.modeling.page_scores import FOREIGN, foreign_pages, right_answers, scored_pages
+from mnistpipe.modeling.synthetic import OOD_KINDS, ood_pages
 from mnistpipe.params import PARAMS_FILE, load_params
-from mnistpipe.synthetic import OOD_KINDS, ood_pages
 
 log = logging.getLogger("evaluate")
 # The files it writes, each given as --NAME PATH (dvc.yaml names the paths)

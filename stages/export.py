@@ -1,10 +1,10 @@
 """Stage `export`: the checkpoint as `models/model.onnx`, which runs on ONNX Runtime alone.
 
 The graph is the whole classifier: uint8 images in; logits, calibrated probabilities and the
-out-of-distribution score out (the contract is in mnistpipe/onnx_model.py, with the metadata:
-dataset, class names, temperature, OOD threshold, the checkpoint's SHA-256). It is made by
-torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`), the default since torch
-2.9 and the one PyTorch maintains; the TorchScript exporter is deprecated. Its
+out-of-distribution score out (the contract is in mnistpipe/deploy/onnx_model.py, with the
+metadata: dataset, class names, temperature, OOD threshold, the checkpoint's SHA-256). It is
+made by torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`), the default
+since torch 2.9 and the one PyTorch maintains; the TorchScript exporter is deprecated. Its
 `dynamic_shapes` marks the batch axis. Before anything is written, ONNX Runtime must agree
 with PyTorch on the validation split: the largest logit and OOD-score difference under
 `export.tolerance`, and the same class for every image. Reads params `export`.
@@ -21,14 +21,10 @@ import onnx
 import torch
 from torch import nn
 
-from mnistpipe import ood, processed
-from mnistpipe.checkpoints import Checkpoint, load_checkpoint, require_same_dataset
 from mnistpipe.cli import run_stage
-from mnistpipe.datasets import DATASETS
-from mnistpipe.errors import PipelineError
-from mnistpipe.files import sha256_file, write_bytes_atomic
-from mnistpipe.models import predict_logits, to_unit
-from mnistpipe.onnx_model import (
+from mnistpipe.data import processed
+from mnistpipe.data.datasets import DATASETS
+from mnistpipe.deploy.onnx_model import (
     INPUT,
     LOGITS,
     OOD_SCORE,
@@ -37,6 +33,11 @@ from mnistpipe.onnx_model import (
     finish,
     load_onnx,
 )
+from mnistpipe.errors import PipelineError
+from mnistpipe.files import sha256_file, write_bytes_atomic
+from mnistpipe.modeling import ood
+from mnistpipe.modeling.checkpoints import Checkpoint, load_checkpoint, require_same_dataset
+from mnistpipe.modeling.models import predict_logits, to_unit
 from mnistpipe.params import PARAMS_FILE, load_params
 
 log = logging.getLogger("export")

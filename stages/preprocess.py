@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from mnistpipe import idx, processed
 from mnistpipe.cli import run_stage
-from mnistpipe.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnistpipe.data import idx, processed
+from mnistpipe.data.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnistpipe.data.processed import Split
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import write_text_atomic
 from mnistpipe.params import PARAMS_FILE, PreprocessParams, load_params
-from mnistpipe.processed import Split
 
 log = logging.getLogger("preprocess")
 

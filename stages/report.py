@@ -18,16 +18,18 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mnistpipe import figures, ood, processed
-from mnistpipe.calibration import ECE_BINS
-from mnistpipe.checkpoints import Checkpoint, load_checkpoint
 from mnistpipe.cli import run_stage
+from mnistpipe.data import processed
+from mnistpipe.data.processed import Split
 from mnistpipe.files import sha256_file, write_bytes_atomic, write_text_atomic
-from mnistpipe.markdown import render
-from mnistpipe.model_card import ModelFile, model_card
+from mnistpipe.modeling import ood
+from mnistpipe.modeling.calibration import ECE_BINS
+from mnistpipe.modeling.checkpoints import Checkpoint, load_checkpoint
+from mnistpipe.modeling.synthetic import LETTER_FONTS
 from mnistpipe.params import PARAMS_FILE, ReportParams, load_params
-from mnistpipe.processed import Split
-from mnistpipe.synthetic import LETTER_FONTS
+from mnistpipe.reporting import figures
+from mnistpipe.reporting.markdown import render
+from mnistpipe.reporting.model_card import ModelFile, model_card
 
 RUN_SECTIONS = ("seed", "data", "preprocess")  # shown with the checkpoint's model and recipe
 

@@ -19,17 +19,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mnistpipe import numerics, ood, processed
-from mnistpipe.calibration import fit_temperature
-from mnistpipe.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.cli import run_stage
-from mnistpipe.device import make_deterministic, select_device
+from mnistpipe.data import processed
 from mnistpipe.files import write_text_atomic
-from mnistpipe.models import build_model, predict_logits
+from mnistpipe.modeling import numerics, ood
+from mnistpipe.modeling.calibration import fit_temperature
+from mnistpipe.modeling.checkpoints import Checkpoint, save_checkpoint
+from mnistpipe.modeling.device import make_deterministic, select_device
+from mnistpipe.modeling.models import build_model, predict_logits
+from mnistpipe.modeling.recipe import TrainParams
+from mnistpipe.modeling.synthetic import training_outliers
+from mnistpipe.modeling.training import Data, EpochStats, TrainResult, fit
 from mnistpipe.params import PARAMS_FILE, ModelParams, load_params
-from mnistpipe.recipe import TrainParams
-from mnistpipe.synthetic import training_outliers
-from mnistpipe.training import Data, EpochStats, TrainResult, fit
 
 log = logging.getLogger("train")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")

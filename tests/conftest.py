@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistpipe import idx
-from mnistpipe.datasets import (
+from mnistpipe.data import idx
+from mnistpipe.data.datasets import (
     IDX_FILES,
     TEST_IMAGES,
     TEST_LABELS,
@@ -25,10 +25,10 @@ from mnistpipe.datasets import (
     DatasetSpec,
 )
 from mnistpipe.files import md5_hex
-from mnistpipe.models import CNNConfig
-from mnistpipe.recipe import TrainParams
-from mnistpipe.synthetic import ood_pages
-from mnistpipe.training import Data
+from mnistpipe.modeling.models import CNNConfig
+from mnistpipe.modeling.recipe import TrainParams
+from mnistpipe.modeling.synthetic import ood_pages
+from mnistpipe.modeling.training import Data
 from tools.compose_params import compose
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,11 +12,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from mnistpipe.checkpoints import Checkpoint, save_checkpoint
-from mnistpipe.datasets import DATASETS
+from mnistpipe.data.datasets import DATASETS
+from mnistpipe.deploy.onnx_model import LOGITS, OOD_SCORE, PROBABILITIES, Metadata
 from mnistpipe.files import sha256_file, write_bytes_atomic
-from mnistpipe.models import MODELS, build_model
-from mnistpipe.onnx_model import LOGITS, OOD_SCORE, PROBABILITIES, Metadata
+from mnistpipe.modeling.checkpoints import Checkpoint, save_checkpoint
+from mnistpipe.modeling.models import MODELS, build_model
 from stages.evaluate import OUTPUTS
 from stages.export import export_bytes
 from tests.conftest import RECIPE, REPO, SMALL_CNN
@@ -113,7 +113,9 @@ NUMERICS = {"train": "portable", "evaluate": "portable"}  # as PARAMS, and dvc.y
 
 def stage(name, *args, launched=True):
     """A stage as dvc.yaml runs it: the computing ones through the numerics launcher."""
-    launcher = ["-m", "mnistpipe.numerics", NUMERICS[name]] if name in NUMERICS else ["-m"]
+    launcher = (
+        ["-m", "mnistpipe.modeling.numerics", NUMERICS[name]] if name in NUMERICS else ["-m"]
+    )
     launcher = launcher if launched else ["-m"]
     command = [sys.executable, *launcher, f"stages.{name}", *map(str, args)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True)

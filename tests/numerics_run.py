@@ -1,6 +1,6 @@
 """A short training run for the numerics tests, run through the launcher:
 
-    python -m mnistpipe.numerics MODE tests.numerics_run THREADS [--unpinned]
+    python -m mnistpipe.modeling.numerics MODE tests.numerics_run THREADS [--unpinned]
 
 trains the default CNN with the default recipe's ops (conv, batch norm, max-pool, linear,
 augmentation, Nesterov SGD, one-cycle, label smoothing) for 100 steps of 64 synthetic digits,
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from mnistpipe import numerics
-from mnistpipe.checkpoints import Checkpoint
-from mnistpipe.device import make_deterministic
-from mnistpipe.models import CNNConfig, build_model, predict_logits
-from mnistpipe.training import fit
+from mnistpipe.modeling import numerics
+from mnistpipe.modeling.checkpoints import Checkpoint
+from mnistpipe.modeling.device import make_deterministic
+from mnistpipe.modeling.models import CNNConfig, build_model, predict_logits
+from mnistpipe.modeling.training import fit
 from tests.conftest import RECIPE, toy_data
 
 STEPS, BATCH = 100, 64

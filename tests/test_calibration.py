@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnistpipe.calibration import (
+from mnistpipe.modeling.calibration import (
     ECE_BINS,
     TEMPERATURE_RANGE,
     expected_calibration_error,

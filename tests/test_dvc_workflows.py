@@ -19,9 +19,9 @@ import pytest
 from dvc.repo import Repo
 from PIL import Image
 
-from mnistpipe import processed
-from mnistpipe.checkpoints import load_checkpoint
-from mnistpipe.datasets import DATASETS
+from mnistpipe.data import processed
+from mnistpipe.data.datasets import DATASETS
+from mnistpipe.modeling.checkpoints import load_checkpoint
 from tests.conftest import REPO, dvc_env, edit_config, run
 
 pytestmark = pytest.mark.slow  # the real dvc CLI on a real (tiny) run, download included

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnistpipe.metrics import (
+from mnistpipe.modeling.metrics import (
     confusion_table,
     misclassified_table,
     per_class_table,

@@ -1,4 +1,4 @@
-"""The export stage and the ONNX model file it writes (mnistpipe/onnx_model.py's contract).
+"""The export stage and the ONNX model file it writes (mnistpipe/deploy/onnx_model.py's contract).
 
 Each export takes seconds, so the exports are made once per module and shared.
 """
@@ -12,13 +12,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from mnistpipe import processed
-from mnistpipe.checkpoints import Checkpoint, save_checkpoint
+from mnistpipe.data import processed
+from mnistpipe.deploy.onnx_model import LOGITS, OOD_SCORE, PROBABILITIES, classify, load_onnx
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import sha256_file
-from mnistpipe.models import build_model, predict_logits
-from mnistpipe.onnx_model import LOGITS, OOD_SCORE, PROBABILITIES, classify, load_onnx
-from mnistpipe.ood import score
+from mnistpipe.modeling.checkpoints import Checkpoint, save_checkpoint
+from mnistpipe.modeling.models import build_model, predict_logits
+from mnistpipe.modeling.ood import score
 from stages.export import main
 from tests.conftest import RECIPE, REPO, SMALL_CNN, toy_data
 from tests.helpers import CLASSES, metadata, params_text, tiny_model

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import pytest
 
-from mnistpipe import idx, processed
-from mnistpipe.checkpoints import load_checkpoint
-from mnistpipe.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnistpipe.data import idx, processed
+from mnistpipe.data.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnistpipe.files import md5_hex
+from mnistpipe.modeling.checkpoints import load_checkpoint
 from tests.conftest import REPO, TINY_PARAMS, dvc_env, edit_config, run, toy_data
 from tests.helpers import markdown_rows
 
@@ -241,7 +241,10 @@ def test_a_model_added_by_the_guide_trains_and_shows_up_in_dvc(pipeline_repo):
     assert shown["params"]["model"]["tiny-cnn"] == {"width": 8, "dropout": 0.0}
     assert shown["metrics"]["accuracy"] > 0.5
     # The copy's code knows the model; this process's does not.
-    load = "from mnistpipe.checkpoints import load_checkpoint as l; print(l('models/model.pt'))"
+    load = (
+        "from mnistpipe.modeling.checkpoints import load_checkpoint as l;"
+        " print(l('models/model.pt'))"
+    )
     assert "model_name='tiny-cnn'" in run([sys.executable, "-c", load], pipeline_repo).stdout
     reference = (pipeline_repo / "docs" / "params.md").read_text(encoding="utf-8")
     assert "| `model.tiny-cnn.width` | `8` |" in reference

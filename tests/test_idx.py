@@ -3,7 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from mnistpipe import idx
+from mnistpipe.data import idx
 from mnistpipe.errors import PipelineError
 
 

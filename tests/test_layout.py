@@ -51,7 +51,9 @@ def import_closure(module: str) -> set[Path]:
     return seen
 
 
-LAUNCHER = "mnistpipe.numerics"  # `python -m mnistpipe.numerics MODE stages.NAME ...`
+LAUNCHER = (
+    "mnistpipe.modeling.numerics"  # `python -m mnistpipe.modeling.numerics MODE stages.NAME ...`
+)
 
 
 def command_modules(command: str) -> list[str]:
@@ -81,14 +83,14 @@ def test_every_stage_depends_on_all_the_code_it_runs():
     broken = copy.deepcopy(dvc_yaml)
     broken["stages"]["evaluate"]["deps"].remove(CORE)
     problems = uncovered(broken)
-    assert "evaluate: mnistpipe/checkpoints.py" in problems
+    assert "evaluate: mnistpipe/modeling/checkpoints.py" in problems
     assert all(problem.startswith("evaluate: mnistpipe/") for problem in problems)
 
 
 def test_the_closure_follows_imports_inside_functions_and_packages():
     closure = {path.relative_to(REPO).as_posix() for path in import_closure("stages.download")}
     assert {"stages/__init__.py", "stages/download.py", "mnistpipe/__init__.py"} <= closure
-    assert {"mnistpipe/sources.py", "mnistpipe/idx.py", "mnistpipe/params.py"} <= closure
+    assert {"mnistpipe/data/sources.py", "mnistpipe/data/idx.py", "mnistpipe/params.py"} <= closure
     assert not any(name.startswith(("apps/", "tools/", "tests/")) for name in closure)
 
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from mnistpipe.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from mnistpipe.errors import PipelineError
-from mnistpipe.models import (
+from mnistpipe.modeling.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from mnistpipe.modeling.models import (
     CNN,
     MLP,
     MODELS,

@@ -14,7 +14,7 @@ FINGERPRINT = REPO / "tests" / "numerics_fingerprint.json"
 
 def short_run(mode: str, threads: int, *flags: str) -> dict:
     """tests/numerics_run.py through the launcher, as dvc.yaml runs the stages."""
-    command = [sys.executable, "-m", "mnistpipe.numerics", mode, "tests.numerics_run"]
+    command = [sys.executable, "-m", "mnistpipe.modeling.numerics", mode, "tests.numerics_run"]
     result = subprocess.run(
         [*command, str(threads), *flags], cwd=REPO, capture_output=True, text=True, timeout=300
     )
@@ -70,7 +70,7 @@ def test_fast_numerics_repeat_on_the_same_machine_and_thread_count():
 
 def test_the_launcher_refuses_an_unknown_mode_or_module():
     def launch(*args):
-        command = [sys.executable, "-m", "mnistpipe.numerics", *args]
+        command = [sys.executable, "-m", "mnistpipe.modeling.numerics", *args]
         return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
 
     unknown_mode = launch("turbo", "stages.train")

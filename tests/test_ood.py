@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mnistpipe import ood, synthetic
-from mnistpipe.imaging import ImageError, NoInkError, to_mnist
-from mnistpipe.models import build_model, predict_logits
-from mnistpipe.recipe import make_optimizer, make_schedule
-from mnistpipe.training import outlier_loss, train_epoch
+from mnistpipe.deploy.imaging import ImageError, NoInkError, to_mnist
+from mnistpipe.modeling import ood, synthetic
+from mnistpipe.modeling.models import build_model, predict_logits
+from mnistpipe.modeling.recipe import make_optimizer, make_schedule
+from mnistpipe.modeling.training import outlier_loss, train_epoch
 from tests.conftest import RECIPE, SMALL_CNN, toy_data
 
 

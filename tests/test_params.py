@@ -4,9 +4,10 @@ import textwrap
 import pytest
 from pydantic import ValidationError
 
-from mnistpipe.datasets import DATASETS
+from mnistpipe.data.datasets import DATASETS
+from mnistpipe.data.sources import DownloadParams
 from mnistpipe.errors import PipelineError
-from mnistpipe.models import MODELS, CNNConfig
+from mnistpipe.modeling.models import MODELS, CNNConfig
 from mnistpipe.params import (
     ExportParams,
     Params,
@@ -14,7 +15,6 @@ from mnistpipe.params import (
     load_params,
     read_params,
 )
-from mnistpipe.sources import DownloadParams
 from tests.conftest import REPO
 from tests.helpers import SERVE_SECTION, choices, other_model_sections
 

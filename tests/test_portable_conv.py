@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistpipe import portable_conv
 from mnistpipe.errors import PipelineError
-from mnistpipe.models import CNN, CNNConfig
+from mnistpipe.modeling import portable_conv
+from mnistpipe.modeling.models import CNN, CNNConfig
 from tests.conftest import REPO
 
 # name: (batch, in, out, height, width, kernel, stride, padding, dilation, groups, bias)
@@ -91,7 +91,7 @@ INSTALLED = textwrap.dedent(
     import json, sys
     import torch, torch.nn.functional as F
     from torch.profiler import profile
-    from mnistpipe import portable_conv
+    from mnistpipe.modeling import portable_conv
     from tests.test_portable_conv import CASES
     portable_conv.install()
     ran, refusals = {}, {}

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistpipe.datasets import DATASETS
-from mnistpipe.imaging import ImageError, centre_by_mass, load_grey, prepare, to_mnist
-from mnistpipe.models import predict_logits
-from mnistpipe.onnx_model import load_onnx
+from mnistpipe.data.datasets import DATASETS
+from mnistpipe.deploy.imaging import ImageError, centre_by_mass, load_grey, prepare, to_mnist
+from mnistpipe.deploy.onnx_model import load_onnx
+from mnistpipe.modeling.models import predict_logits
 from tests.conftest import REPO
 from tests.helpers import exported, metadata, tiny_model, uniform_images
 
@@ -307,8 +307,8 @@ def test_a_digit_sized_mark_is_not_a_speck():
 def flagging_model(tmp_path, pages):
     """The linear contract model, its threshold between the OOD scores of `pages` (prepared
     as the command does), so that the first is answered and the second flagged."""
-    from mnistpipe.onnx_model import LOGITS, load_onnx
-    from mnistpipe.ood import score
+    from mnistpipe.deploy.onnx_model import LOGITS, load_onnx
+    from mnistpipe.modeling.ood import score
 
     plain = load_onnx("linear.onnx", data=tiny_model())
     (logits,) = plain.run(np.stack([prepare(page) for page in pages]), (LOGITS,))

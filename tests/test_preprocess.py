@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from mnistpipe import processed
+from mnistpipe.data import processed
+from mnistpipe.data.processed import Split
 from mnistpipe.errors import PipelineError
 from mnistpipe.params import PreprocessParams
-from mnistpipe.processed import Split
 from stages.preprocess import class_counts, split_dataset, stratified_choice
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnistpipe import figures
-from mnistpipe.calibration import ECE_BINS
-from mnistpipe.datasets import DATASETS
-from mnistpipe.imaging import FOREIGN_DIGITS
-from mnistpipe.markdown import TEMPLATES, render
+from mnistpipe.data.datasets import DATASETS
+from mnistpipe.deploy.imaging import FOREIGN_DIGITS
+from mnistpipe.modeling.calibration import ECE_BINS
+from mnistpipe.reporting import figures
+from mnistpipe.reporting.markdown import TEMPLATES, render
 from stages.report import confused_pairs
 from tests.conftest import REPO
 from tests.helpers import params_file, run_chain

@@ -29,11 +29,11 @@ from benchmarks.load_test import (
     run_load,
     running_server,
 )
-from mnistpipe import processed
-from mnistpipe.checkpoints import load_checkpoint
-from mnistpipe.datasets import DATASETS
-from mnistpipe.onnx_model import load_onnx
-from mnistpipe.serving import ServeParams
+from mnistpipe.data import processed
+from mnistpipe.data.datasets import DATASETS
+from mnistpipe.deploy.onnx_model import load_onnx
+from mnistpipe.deploy.serving import ServeParams
+from mnistpipe.modeling.checkpoints import load_checkpoint
 from tests.conftest import REPO, non_digit_uploads
 from tests.helpers import exported, uniform_images
 

@@ -8,17 +8,17 @@ import struct
 import numpy as np
 import pytest
 
-from mnistpipe import idx, sources
-from mnistpipe.datasets import DATASETS, IDX_FILES, TRAIN_IMAGES, TRAIN_LABELS
-from mnistpipe.errors import PipelineError
-from mnistpipe.files import md5_hex
-from mnistpipe.sources import (
+from mnistpipe.data import idx, sources
+from mnistpipe.data.datasets import DATASETS, IDX_FILES, TRAIN_IMAGES, TRAIN_LABELS
+from mnistpipe.data.sources import (
     DownloadParams,
     FolderSource,
     decode_mnist_pickle,
     fetch_verified,
     read_folder,
 )
+from mnistpipe.errors import PipelineError
+from mnistpipe.files import md5_hex
 from tests.conftest import synthetic_files, synthetic_spec
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnistpipe import processed
-from mnistpipe.checkpoints import load_checkpoint
-from mnistpipe.datasets import TRAIN_LABELS
+from mnistpipe.data import processed
+from mnistpipe.data.datasets import TRAIN_LABELS
+from mnistpipe.modeling.checkpoints import load_checkpoint
 from mnistpipe.params import load_params
 from tests.helpers import params_file, run_chain, stage
 
@@ -196,4 +196,4 @@ def test_portable_train_without_the_launcher_is_one_clear_error(tmp_path, raw_di
     files = ("--data", tmp_path, "--model", tmp_path / "m.pt", "--history", tmp_path / "h.csv")
     result = stage("train", *files, "--params", params, launched=False)
     assert_one_line_error(result, "train", "numerics 'portable' did not take effect")
-    assert "python -m mnistpipe.numerics portable stages.<name>" in result.stderr
+    assert "python -m mnistpipe.modeling.numerics portable stages.<name>" in result.stderr

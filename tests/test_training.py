@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from mnistpipe.checkpoints import Checkpoint, save_checkpoint
-from mnistpipe.device import make_deterministic, select_device
 from mnistpipe.errors import PipelineError
-from mnistpipe.models import build_model, to_unit
-from mnistpipe.recipe import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
-from mnistpipe.training import Data, augment, fit, loss_and_accuracy, train_epoch
+from mnistpipe.modeling.checkpoints import Checkpoint, save_checkpoint
+from mnistpipe.modeling.device import make_deterministic, select_device
+from mnistpipe.modeling.models import build_model, to_unit
+from mnistpipe.modeling.recipe import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from mnistpipe.modeling.training import Data, augment, fit, loss_and_accuracy, train_epoch
 from tests.conftest import RECIPE, SMALL_CNN, toy_data
 
 

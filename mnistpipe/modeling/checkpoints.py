@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from mnistpipe.config import Config, parse
+from mnistpipe.data.processed import Meta
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import write_bytes_atomic
-from mnistpipe.models import CNN, MODELS, build_model, fuse_batch_norm
-from mnistpipe.processed import Meta
-from mnistpipe.recipe import TrainParams
+from mnistpipe.modeling.models import CNN, MODELS, build_model, fuse_batch_norm
+from mnistpipe.modeling.recipe import TrainParams
 
 # 2: normalization inside the model, recipe and per-model config; 3: calibration temperature;
 # 4: the OOD score's threshold

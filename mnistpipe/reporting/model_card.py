@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mnistpipe.calibration import ECE_BINS
-from mnistpipe.checkpoints import Checkpoint
-from mnistpipe.datasets import DATASETS, DIGITS
-from mnistpipe.imaging import FOREIGN_DIGITS
-from mnistpipe.markdown import render
-from mnistpipe.ood import SCORE_NAME, metric
-from mnistpipe.synthetic import OOD_KINDS
+from mnistpipe.data.datasets import DATASETS, DIGITS
+from mnistpipe.deploy.imaging import FOREIGN_DIGITS
+from mnistpipe.modeling.calibration import ECE_BINS
+from mnistpipe.modeling.checkpoints import Checkpoint
+from mnistpipe.modeling.ood import SCORE_NAME, metric
+from mnistpipe.modeling.synthetic import OOD_KINDS
+from mnistpipe.reporting.markdown import render
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from typing import Annotated, ClassVar, Protocol
 import numpy as np
 from pydantic import AfterValidator, Field
 
-from mnistpipe import idx
 from mnistpipe.config import Config
-from mnistpipe.datasets import (
+from mnistpipe.data import idx
+from mnistpipe.data.datasets import (
     IDX_FILES,
     TEST_IMAGES,
     TEST_LABELS,

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mnistpipe.metrics import cross_entropy
-from mnistpipe.models import predict_logits, to_unit
-from mnistpipe.recipe import TrainParams, make_optimizer, make_schedule
+from mnistpipe.modeling.metrics import cross_entropy
+from mnistpipe.modeling.models import predict_logits, to_unit
+from mnistpipe.modeling.recipe import TrainParams, make_optimizer, make_schedule
 
 log = logging.getLogger("train")
 

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mnistpipe import ood
-from mnistpipe.calibration import softmax
-from mnistpipe.idx import IMAGE_SHAPE
-from mnistpipe.imaging import ImageError, foreign_digit_pages, to_mnist
-from mnistpipe.models import predict_logits
-from mnistpipe.synthetic import Page
+from mnistpipe.data.idx import IMAGE_SHAPE
+from mnistpipe.deploy.imaging import ImageError, foreign_digit_pages, to_mnist
+from mnistpipe.modeling import ood
+from mnistpipe.modeling.calibration import softmax
+from mnistpipe.modeling.models import predict_logits
+from mnistpipe.modeling.synthetic import Page
 
 FOREIGN = "foreign digits"  # the OOD table's kind for foreign_pages
 

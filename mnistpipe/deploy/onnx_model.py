@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
+from mnistpipe.data.idx import IMAGE_SHAPE
 from mnistpipe.errors import PipelineError
-from mnistpipe.idx import IMAGE_SHAPE
 
 if TYPE_CHECKING:  # the onnx package is only for writing (export): the apps start faster
     import onnx

@@ -22,7 +22,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mnistpipe.imaging import ImageError, to_mnist
+from mnistpipe.deploy.imaging import ImageError, to_mnist
 
 Page = tuple[np.ndarray, str]  # (H, W) float32 grey levels 0-255, and what it shows
 FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from mnistpipe.config import Config, Device, Fraction, rule
-from mnistpipe.numerics import MODES
+from mnistpipe.modeling.numerics import MODES
 
 Groups = list[dict]  # optimizer parameter groups
 Optimizer = torch.optim.Optimizer

@@ -1,6 +1,6 @@
 """CPU numerics modes, and the launcher that sets them before torch is imported.
 
-    python -m mnistpipe.numerics MODE MODULE [ARGS...]
+    python -m mnistpipe.modeling.numerics MODE MODULE [ARGS...]
 
 runs `python -m MODULE ARGS...` in MODE; dvc.yaml runs the stages that compute through it,
 so the mode is in each stage's command in dvc.lock. MKL, ATen and OpenMP read their settings
@@ -83,7 +83,9 @@ def apply(name: str) -> None:
     `torch.set_num_threads`, which resets MKL's thread count."""
     import torch
 
-    from mnistpipe import portable_conv  # imports torch: not before the launcher's settings
+    from mnistpipe.modeling import (
+        portable_conv,
+    )  # imports torch: not before the launcher's settings
 
     mode = MODES[name]
     torch.backends.mkldnn.enabled = mode.onednn
@@ -112,14 +114,14 @@ def apply(name: str) -> None:
     if problems:  # a stage started without the launcher, or a build that ignores the knobs
         raise PipelineError(
             f"numerics {name!r} did not take effect ({'; '.join(problems)}): run the stage as"
-            f" python -m mnistpipe.numerics {name} stages.<name> ..., as dvc.yaml does"
+            f" python -m mnistpipe.modeling.numerics {name} stages.<name> ..., as dvc.yaml does"
         )
 
 
 def check_model(name: str, model: Any) -> None:
     """Refuse, naming it, a layer of `model` (an nn.Module) that mode `name` cannot run."""
     if MODES[name].portable_convolutions:
-        from mnistpipe import portable_conv
+        from mnistpipe.modeling import portable_conv
 
         portable_conv.check_layers(model)
 
@@ -172,7 +174,7 @@ def _stdout_into(captured: list[str]) -> Iterator[None]:
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[0] not in MODES:
         sys.exit(
-            f"usage: python -m mnistpipe.numerics {{{','.join(MODES)}}} MODULE [ARGS...]"
+            f"usage: python -m mnistpipe.modeling.numerics {{{','.join(MODES)}}} MODULE [ARGS...]"
             + (f"\nnumerics: error: unknown mode {argv[0]!r}" if argv else "")
         )
     name, module, args = argv[0], argv[1], argv[2:]

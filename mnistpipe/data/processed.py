@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistpipe.data.idx import IMAGE_SHAPE
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import atomic_path, write_text_atomic
-from mnistpipe.idx import IMAGE_SHAPE
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mnistpipe.config import Config, Fraction, rule
-from mnistpipe.idx import IMAGE_SHAPE, NUM_CLASSES
+from mnistpipe.data.idx import IMAGE_SHAPE, NUM_CLASSES
 
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 

@@ -1,0 +1,1 @@
+"""Reporting layer: figures, the Markdown templates and the model card (the report stage)."""
