@@ -15,11 +15,19 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from mnistpipe.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+SEED_RANGE = 2**32  # numpy's and torch's seeds are 32-bit
 
 
 def rule(ok: Callable[[Any], bool], message: str) -> AfterValidator:
@@ -40,6 +48,11 @@ Device = Annotated[
         lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
         "must be auto, cpu, cuda or cuda:N",
     ),
+]
+
+Seed = Annotated[
+    int,
+    Field(ge=0, lt=SEED_RANGE, description="every random choice of the pipeline derives from it"),
 ]
 
 
@@ -68,6 +81,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
+
+
+class Sections(Config):
+    """A stage's view of params.yaml: the sections it reads (the fields of a subclass), each
+    validated as strictly as in the whole file; the other stages' sections are not its concern
+    (the whole file is checked once, when params.yaml is composed: tools/compose_params.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True, populate_by_name=True)
 
 
 C = TypeVar("C", bound=BaseModel)
@@ -124,6 +145,11 @@ def _known_keys(model: type[BaseModel], path: list[str]) -> list[str]:
     for part in path:
         model = next(f for n, f in model.model_fields.items() if part in (n, f.alias)).annotation
     return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def load_sections(model: type[C], path: str | Path = PARAMS_FILE) -> C:
+    """Read the params file and validate the sections that `model` (a `Sections`) names."""
+    return parse(model, read_params(path), path)
 
 
 def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:

@@ -12,12 +12,17 @@ import tempfile
 from pathlib import Path
 
 from mnistpipe.cli import run_stage
-from mnistpipe.data.datasets import DATASETS, IDX_FILES, DatasetSpec
-from mnistpipe.data.sources import Source, build_sources, fetch_verified
+from mnistpipe.config import PARAMS_FILE, Sections, load_sections
+from mnistpipe.data.datasets import DATASETS, IDX_FILES, DataParams, DatasetSpec
+from mnistpipe.data.sources import DownloadParams, Source, build_sources, fetch_verified
 from mnistpipe.files import write_bytes_atomic
-from mnistpipe.params import PARAMS_FILE, load_params
 
 log = logging.getLogger("download")
+
+
+class DownloadSections(Sections):
+    data: DataParams
+    download: DownloadParams
 
 
 def download(spec: DatasetSpec, sources: list[Source], out_dir: Path) -> str:
@@ -34,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the idx files")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_sections(DownloadSections, args.params)
     spec = DATASETS[params.data.dataset]
     source_name = download(spec, build_sources(params.download, spec), args.out)
     log.info("wrote %d idx files to %s from source %r", len(IDX_FILES), args.out, source_name)

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from mnistpipe.cli import run_stage
+from mnistpipe.config import PARAMS_FILE, Sections, Seed, load_sections
 from mnistpipe.data import processed
 from mnistpipe.data.datasets import DIGITS
 from mnistpipe.files import write_text_atomic
@@ -41,6 +42,7 @@ from mnistpipe.modeling.calibration import (
 from mnistpipe.modeling.checkpoints import load_checkpoint, require_same_dataset
 from mnistpipe.modeling.device import select_device
 from mnistpipe.modeling.metrics import (
+    EvaluateParams,
     confusion_table,
     misclassified_table,
     per_class_table,
@@ -49,9 +51,15 @@ from mnistpipe.modeling.metrics import (
 from mnistpipe.modeling.models import predict_logits
 from mnistpipe.modeling.page_scores import FOREIGN, foreign_pages, right_answers, scored_pages
 from mnistpipe.modeling.synthetic import OOD_KINDS, ood_pages
-from mnistpipe.params import PARAMS_FILE, load_params
 
 log = logging.getLogger("evaluate")
+
+
+class EvaluateSections(Sections):
+    seed: Seed
+    evaluate: EvaluateParams
+
+
 # The files it writes, each given as --NAME PATH (dvc.yaml names the paths)
 OUTPUTS = (
     "metrics",
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name}", type=Path, required=True, help=f"{name} file to write")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    all_params = load_params(args.params)
+    all_params = load_sections(EvaluateSections, args.params)
     params, seed = all_params.evaluate, all_params.seed
     numerics.apply(params.numerics)
 

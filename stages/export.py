@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mnistpipe.cli import run_stage
+from mnistpipe.config import PARAMS_FILE, Sections, load_sections
 from mnistpipe.data import processed
 from mnistpipe.data.datasets import DATASETS
 from mnistpipe.deploy.onnx_model import (
@@ -29,6 +30,7 @@ from mnistpipe.deploy.onnx_model import (
     LOGITS,
     OOD_SCORE,
     PROBABILITIES,
+    ExportParams,
     Metadata,
     finish,
     load_onnx,
@@ -38,9 +40,12 @@ from mnistpipe.files import sha256_file, write_bytes_atomic
 from mnistpipe.modeling import ood
 from mnistpipe.modeling.checkpoints import Checkpoint, load_checkpoint, require_same_dataset
 from mnistpipe.modeling.models import predict_logits, to_unit
-from mnistpipe.params import PARAMS_FILE, load_params
 
 log = logging.getLogger("export")
+
+
+class ExportSections(Sections):
+    export: ExportParams
 
 
 class Deployable(nn.Module):
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for chatty in ("onnx_ir", "onnxscript"):  # each optimizer pass logs at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    params = load_params(args.params).export
+    params = load_sections(ExportSections, args.params).export
     checkpoint = load_checkpoint(args.model)
     require_same_dataset(checkpoint, processed.load_meta(args.data), args.model, args.data)
     onnx_bytes = export_bytes(checkpoint, sha256_file(args.model), params.opset)

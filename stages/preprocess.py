@@ -15,14 +15,27 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from mnistpipe.cli import run_stage
+from mnistpipe.config import PARAMS_FILE, Sections, Seed, load_sections
 from mnistpipe.data import idx, processed
-from mnistpipe.data.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
-from mnistpipe.data.processed import Split
+from mnistpipe.data.datasets import (
+    DATASETS,
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    DataParams,
+)
+from mnistpipe.data.processed import PreprocessParams, Split
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import write_text_atomic
-from mnistpipe.params import PARAMS_FILE, PreprocessParams, load_params
 
 log = logging.getLogger("preprocess")
+
+
+class PreprocessSections(Sections):
+    seed: Seed
+    data: DataParams
+    preprocess: PreprocessParams
 
 
 def stratified_choice(
@@ -77,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--counts", type=Path, required=True, help="class counts CSV")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_sections(PreprocessSections, args.params)
     spec = DATASETS[params.data.dataset]
 
     train = Split(*idx.read_pair(args.raw / TRAIN_IMAGES, args.raw / TRAIN_LABELS))

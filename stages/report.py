@@ -19,19 +19,28 @@ import pandas as pd
 import yaml
 
 from mnistpipe.cli import run_stage
+from mnistpipe.config import PARAMS_FILE, Sections, Seed, load_sections
 from mnistpipe.data import processed
-from mnistpipe.data.processed import Split
+from mnistpipe.data.datasets import DataParams
+from mnistpipe.data.processed import PreprocessParams, Split
 from mnistpipe.files import sha256_file, write_bytes_atomic, write_text_atomic
 from mnistpipe.modeling import ood
 from mnistpipe.modeling.calibration import ECE_BINS
 from mnistpipe.modeling.checkpoints import Checkpoint, load_checkpoint
 from mnistpipe.modeling.synthetic import LETTER_FONTS
-from mnistpipe.params import PARAMS_FILE, ReportParams, load_params
 from mnistpipe.reporting import figures
+from mnistpipe.reporting.figures import ReportParams
 from mnistpipe.reporting.markdown import render
 from mnistpipe.reporting.model_card import ModelFile, model_card
 
 RUN_SECTIONS = ("seed", "data", "preprocess")  # shown with the checkpoint's model and recipe
+
+
+class ReportSections(Sections):
+    seed: Seed
+    data: DataParams
+    preprocess: PreprocessParams
+    report: ReportParams
 
 
 def confused_pairs(confusion: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -187,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="report folder to write")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    all_params = load_params(args.params)
+    all_params = load_sections(ReportSections, args.params)
     params = all_params.report
     checkpoint = load_checkpoint(args.model)
     written = all_params.to_mapping()

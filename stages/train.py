@@ -20,23 +20,29 @@ import pandas as pd
 import torch
 
 from mnistpipe.cli import run_stage
+from mnistpipe.config import PARAMS_FILE, Sections, Seed, load_sections
 from mnistpipe.data import processed
 from mnistpipe.files import write_text_atomic
 from mnistpipe.modeling import numerics, ood
 from mnistpipe.modeling.calibration import fit_temperature
 from mnistpipe.modeling.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.modeling.device import make_deterministic, select_device
-from mnistpipe.modeling.models import build_model, predict_logits
+from mnistpipe.modeling.models import ModelParams, build_model, predict_logits
 from mnistpipe.modeling.recipe import TrainParams
 from mnistpipe.modeling.synthetic import training_outliers
 from mnistpipe.modeling.training import Data, EpochStats, TrainResult, fit
-from mnistpipe.params import PARAMS_FILE, ModelParams, load_params
 
 log = logging.getLogger("train")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 # Synthetic non-digits drawn once for outlier exposure: each is seen about 7 times in the
 # default recipe's 6 epochs (16 a batch), always differently augmented.
 OUTLIER_IMAGES = 6000
+
+
+class TrainSections(Sections):
+    seed: Seed
+    model: ModelParams
+    train: TrainParams
 
 
 def load_data(folder: Path, split: str, device: torch.device) -> Data:
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_sections(TrainSections, args.params)
 
     checkpoint, result = train(args.data, params.model, params.train, params.seed)
     save_checkpoint(args.model, checkpoint)

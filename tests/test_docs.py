@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from mnistpipe.config import read_params
 from mnistpipe.modeling.recipe import TrainParams
-from mnistpipe.params import read_params
 from tests.conftest import REPO
 from tools import params_doc
 

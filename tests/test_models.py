@@ -11,12 +11,12 @@ from mnistpipe.modeling.models import (
     ExamplesCNN,
     ExamplesCNNConfig,
     MLPConfig,
+    ModelParams,
     build_model,
     fuse_batch_norm,
     predict_logits,
     to_unit,
 )
-from mnistpipe.params import ModelParams
 from tests.conftest import RECIPE
 
 

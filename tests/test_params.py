@@ -4,17 +4,14 @@ import textwrap
 import pytest
 from pydantic import ValidationError
 
+from mnistpipe.config import read_params
 from mnistpipe.data.datasets import DATASETS
+from mnistpipe.data.processed import PreprocessParams
 from mnistpipe.data.sources import DownloadParams
+from mnistpipe.deploy.onnx_model import ExportParams
 from mnistpipe.errors import PipelineError
 from mnistpipe.modeling.models import MODELS, CNNConfig
-from mnistpipe.params import (
-    ExportParams,
-    Params,
-    PreprocessParams,
-    load_params,
-    read_params,
-)
+from mnistpipe.params import Params, load_params
 from tests.conftest import REPO
 from tests.helpers import SERVE_SECTION, choices, other_model_sections
 

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from mnistpipe.data import processed
-from mnistpipe.data.processed import Split
+from mnistpipe.data.processed import PreprocessParams, Split
 from mnistpipe.errors import PipelineError
-from mnistpipe.params import PreprocessParams
 from stages.preprocess import class_counts, split_dataset, stratified_choice
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+
+from mnistpipe.config import Config
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -79,3 +84,7 @@ DATASETS: dict[str, DatasetSpec] = {
         debian_dir="/usr/share/datasets/fashion-mnist",
     ),
 }
+
+
+class DataParams(Config):
+    dataset: Literal[tuple(DATASETS)] = Field(description="the dataset to train and test on")

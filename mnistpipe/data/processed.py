@@ -11,15 +11,30 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
+from mnistpipe.config import Config, rule
 from mnistpipe.data.idx import IMAGE_SHAPE
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import atomic_path, write_text_atomic
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
+
+
+class PreprocessParams(Config):
+    val_size: int = Field(
+        ge=1, description="training images held out for validation, stratified by class"
+    )
+    subset: Annotated[
+        int, rule(lambda v: v >= 0, "must be 0 (all images) or a positive count")
+    ] = Field(
+        description="keep this many training images (stratified) before the split; 0 = all."
+        " For smoke runs"
+    )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ docs/guides/add-a-model.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -161,13 +161,29 @@ class ModelSpec:
     model: type[nn.Module]  # built as model(config, mean, std)
 
 
-# Model name -> its config and class. `model.name` may name exactly these; params.ModelParams
+# Model name -> its config and class. `model.name` may name exactly these; ModelParams below
 # has one config field per entry (a test checks).
 MODELS: dict[str, ModelSpec] = {
     "cnn": ModelSpec(CNNConfig, CNN),
     "mlp": ModelSpec(MLPConfig, MLP),
     "examples-cnn": ModelSpec(ExamplesCNNConfig, ExamplesCNN),
 }
+
+
+class ModelParams(Config):
+    """`name` picks the model; every model of MODELS keeps its config here, under its name."""
+
+    name: Literal[tuple(MODELS)] = Field(description="which of the configs below is trained")
+    cnn: CNNConfig
+    mlp: MLPConfig
+    examples_cnn: ExamplesCNNConfig = Field(
+        alias="examples-cnn", description=ExamplesCNNConfig.__doc__
+    )
+
+    @property
+    def config(self) -> Config:
+        """The config of the model that `name` picks."""
+        return getattr(self, self.name.replace("-", "_"))
 
 
 def build_model(name: str, config: Config, mean: float = 0.0, std: float = 1.0) -> nn.Module:

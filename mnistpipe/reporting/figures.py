@@ -6,6 +6,7 @@ The same data gives the same bytes: no timestamps or version strings go into the
 from __future__ import annotations
 
 import io
+from typing import Annotated
 
 import matplotlib
 
@@ -15,6 +16,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from pydantic import Field
+
+from mnistpipe.config import Config, rule
+
+ShownCount = Annotated[int, rule(lambda v: 1 <= v <= 100, "must be between 1 and 100")]
+ListedCount = Annotated[int, rule(lambda v: 1 <= v <= 10, "must be between 1 and 10")]
+
+
+class ReportParams(Config):
+    misclassified_shown: ShownCount = Field(description="misclassified test digits in the grid")
+    samples_shown: ShownCount = Field(description="sample test predictions in the grid")
+    confused_pairs: ListedCount = Field(
+        description="most confused (actual, predicted) pairs listed"
+    )
+    weakest_classes: ListedCount = Field(description="classes with the lowest F1 named")
 
 
 def to_png(figure: Figure) -> bytes:
