@@ -8,7 +8,7 @@ STAMP := $(VENV)/.requirements-installed
 export PATH := $(abspath $(VENV)/bin):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro params test test-fast lint docs venv lock
+.PHONY: repro params test test-fast lint docs deps venv lock
 
 repro: params
 	dvc repro
@@ -29,6 +29,10 @@ test-fast: $(STAMP)
 # fails when it is stale).
 docs: params
 	python -m tools.params_doc
+
+# dvc.yaml's code dependencies: each stage's import closure (a test fails when they are stale).
+deps: $(STAMP)
+	python -m tools.stage_deps
 
 lint: $(STAMP)
 	ruff check .

@@ -60,7 +60,7 @@ def child(data: Path, images: int, threads: int, mkldnn: bool) -> None:
     torch.backends.mkldnn.enabled = mkldnn
     make_deterministic(42, threads)
     if os.environ.get("PROBE_MKL_THREADS"):
-        from mnistpipe.modeling.numerics import set_mkl_threads
+        from mnistpipe.modeling.device import set_mkl_threads
 
         set_mkl_threads(int(os.environ["PROBE_MKL_THREADS"]))
     meta = processed.load_meta(data)

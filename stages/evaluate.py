@@ -32,7 +32,7 @@ from mnistpipe.config import PARAMS_FILE, Sections, Seed, load_sections
 from mnistpipe.data import processed
 from mnistpipe.data.datasets import DIGITS
 from mnistpipe.files import write_text_atomic
-from mnistpipe.modeling import numerics, ood
+from mnistpipe.modeling import ood
 from mnistpipe.modeling.calibration import (
     expected_calibration_error,
     negative_log_likelihood,
@@ -40,7 +40,7 @@ from mnistpipe.modeling.calibration import (
     softmax,
 )
 from mnistpipe.modeling.checkpoints import load_checkpoint, require_same_dataset
-from mnistpipe.modeling.device import select_device
+from mnistpipe.modeling.device import apply_numerics, select_device
 from mnistpipe.modeling.metrics import (
     EvaluateParams,
     confusion_table,
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     all_params = load_sections(EvaluateSections, args.params)
     params, seed = all_params.evaluate, all_params.seed
-    numerics.apply(params.numerics)
+    apply_numerics(params.numerics)
 
     checkpoint = load_checkpoint(args.model)
     meta = processed.load_meta(args.data)

@@ -23,10 +23,15 @@ from mnistpipe.cli import run_stage
 from mnistpipe.config import PARAMS_FILE, Sections, Seed, load_sections
 from mnistpipe.data import processed
 from mnistpipe.files import write_text_atomic
-from mnistpipe.modeling import numerics, ood
+from mnistpipe.modeling import ood
 from mnistpipe.modeling.calibration import fit_temperature
 from mnistpipe.modeling.checkpoints import Checkpoint, save_checkpoint
-from mnistpipe.modeling.device import make_deterministic, select_device
+from mnistpipe.modeling.device import (
+    apply_numerics,
+    check_numerics_layers,
+    make_deterministic,
+    select_device,
+)
 from mnistpipe.modeling.models import ModelParams, build_model, predict_logits
 from mnistpipe.modeling.recipe import TrainParams
 from mnistpipe.modeling.synthetic import training_outliers
@@ -70,14 +75,14 @@ def train(
 ) -> tuple[Checkpoint, TrainResult]:
     """Train on `data_dir`: the calibrated checkpoint of the best epoch, and the loop's result."""
     make_deterministic(seed, params.threads)
-    numerics.apply(params.numerics)  # after the thread count, which resets MKL's
+    apply_numerics(params.numerics)  # after the thread count, which resets MKL's
     device = select_device(params.device)
     meta = processed.load_meta(data_dir)
     train_data, val_data = load_data(data_dir, "train", device), load_data(data_dir, "val", device)
     model = build_model(model_params.name, model_params.config, meta.mean, meta.std)
     model = model.to(device=device, memory_format=torch.channels_last)
     if device.type == "cpu":
-        numerics.check_model(params.numerics, model)
+        check_numerics_layers(params.numerics, model)
     log.info(
         "training %s (%d parameters) on %s for %d epochs, %d threads, %s numerics",
         model_params.name,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mnistpipe.modeling import numerics
+from mnistpipe.modeling import device, numerics
 from mnistpipe.modeling.checkpoints import Checkpoint
 from mnistpipe.modeling.device import make_deterministic
 from mnistpipe.modeling.models import CNNConfig, build_model, predict_logits
@@ -42,7 +42,7 @@ def cpu_model() -> str:
 def main() -> None:
     mode, threads = os.environ[numerics.LAUNCHED_MODE], int(sys.argv[1])
     make_deterministic(seed=5, threads=threads)
-    numerics.apply(mode)
+    device.apply_numerics(mode)
     if "--unpinned" in sys.argv:
         torch.set_num_threads(threads)  # resets MKL's count to torch's
     train, val = toy_data(STEPS * BATCH, 1), toy_data(500, 2)
@@ -65,7 +65,7 @@ def main() -> None:
                 "knobs": {
                     key: os.environ.get(key) for key in numerics.MODES["portable"].environment
                 }
-                | {"mkl": numerics.mkl_settings(), "onednn": torch.backends.mkldnn.enabled},
+                | {"mkl": device.mkl_settings(), "onednn": torch.backends.mkldnn.enabled},
                 "threads": torch.get_num_threads(),
             }
         )

@@ -1,16 +1,27 @@
-"""Where and how torch computes: the device, the seed, deterministic algorithms, threads.
+"""Where and how torch computes: the device, the seed, deterministic algorithms, threads, and
+the CPU numerics mode (numerics.py's MODES) applied and checked inside a stage.
 
-Shared by training and evaluation; nothing here knows about models or data.
+Shared by training and evaluation; nothing here knows about models or data. It imports torch,
+so only a stage that the numerics launcher started may import it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from mnistpipe.errors import PipelineError
+from mnistpipe.modeling import portable_conv
+from mnistpipe.modeling.numerics import LAUNCHED_MODE, MODES
 
 
 def select_device(name: str) -> torch.device:
@@ -47,3 +58,83 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt's parameter numbers (malloc.h)
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
     libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def apply_numerics(name: str) -> None:
+    """Set mode `name`'s run-time settings, and check that its load-time settings took effect
+    (the process must have been started through this launcher). Call it after
+    `torch.set_num_threads`, which resets MKL's thread count."""
+    mode = MODES[name]
+    torch.backends.mkldnn.enabled = mode.onednn
+    if mode.portable_convolutions:
+        portable_conv.install()
+    if mode.mkl_threads and torch.backends.mkl.is_available():
+        set_mkl_threads(mode.mkl_threads)
+    launched = os.environ.get(LAUNCHED_MODE) or None
+    problems = (
+        [f"the process was launched in {launched!r}"] if launched not in (None, name) else []
+    )
+    problems += [
+        f"{key} is {os.environ.get(key)!r}, not {value!r}"
+        for key, value in mode.environment.items()
+        if os.environ.get(key) != value
+    ]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if mode.capability and capability != mode.capability:
+        problems.append(f"ATen runs its {capability} kernels, not {mode.capability}")
+    if mode.mkl_branch and torch.backends.mkl.is_available():
+        branch, threads = mkl_settings()
+        if branch != mode.mkl_branch:
+            problems.append(f"MKL reports CNR {branch!r}, not {mode.mkl_branch}")
+        if mode.mkl_threads and threads != mode.mkl_threads:
+            problems.append(f"MKL runs {threads} threads, not {mode.mkl_threads}")
+    if problems:  # a stage started without the launcher, or a build that ignores the knobs
+        raise PipelineError(
+            f"numerics {name!r} did not take effect ({'; '.join(problems)}): run the stage as"
+            f" python -m mnistpipe.modeling.numerics {name} stages.<name> ..., as dvc.yaml does"
+        )
+
+
+def check_numerics_layers(name: str, model: nn.Module) -> None:
+    """Refuse, naming it, a layer of `model` (an nn.Module) that mode `name` cannot run."""
+    if MODES[name].portable_convolutions:
+        portable_conv.check_layers(model)
+
+
+def set_mkl_threads(count: int) -> None:
+    """MKL's thread count for this thread's calls (CPU autograd runs on it too), through
+    mkl_set_num_threads_local, the call torch itself makes. torch sets it when its first
+    parallel op runs, so that op runs first here."""
+    torch.ones(1024, 1024).sum()  # ATen's lazy thread set-up, which sets MKL's count too
+    library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+    library.mkl_set_num_threads_local(ctypes.byref(ctypes.c_int(count)))  # Fortran entry
+
+
+def mkl_settings() -> tuple[str | None, int | None]:
+    """The CNR branch (None if off) and thread count MKL reports for a call from here."""
+    captured: list[str] = []
+    with _stdout_into(captured), torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON):
+        torch.ones(64, 64) @ torch.ones(64, 64)  # one MKL call, to make it print
+    # e.g. "MKL_VERBOSE SGEMM(...) 1.57ms CNR:COMPATIBLE Dyn:1 FastMM:1 TID:0  NThr:1"
+    text = "".join(captured)
+    branch, threads = re.search(r"CNR:(\S+)", text), re.search(r"NThr:(\d+)", text)
+    return (
+        None if branch is None or branch.group(1) == "OFF" else branch.group(1),
+        int(threads.group(1)) if threads else None,
+    )
+
+
+@contextlib.contextmanager
+def _stdout_into(captured: list[str]) -> Iterator[None]:
+    """Append to `captured` what C code writes to file descriptor 1 inside the block."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as capture:
+        os.dup2(capture.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            capture.seek(0)
+            captured.append(capture.read())

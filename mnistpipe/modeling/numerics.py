@@ -23,19 +23,11 @@ On a CUDA device the mode changes nothing: a GPU gives the same bytes on the sam
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-import re
 import runpy
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from mnistpipe.errors import PipelineError
 
 LAUNCHED_MODE = "MNISTPIPE_NUMERICS"  # set by the launcher, so a stage can check its params
 
@@ -50,7 +42,8 @@ class Mode:
     mkl_threads: int | None  # MKL's threads for this process's calls, None = torch's count
 
 
-# Mode name -> settings. `train.numerics` and `evaluate.numerics` name one.
+# Mode name -> settings. `train.numerics` and `evaluate.numerics` name one; device.py applies it
+# inside the stage (apply_numerics), after the launcher below has set its environment.
 MODES: dict[str, Mode] = {
     "portable": Mode(
         environment={
@@ -75,100 +68,6 @@ MODES: dict[str, Mode] = {
         mkl_threads=None,
     ),
 }
-
-
-def apply(name: str) -> None:
-    """Set mode `name`'s run-time settings, and check that its load-time settings took effect
-    (the process must have been started through this launcher). Call it after
-    `torch.set_num_threads`, which resets MKL's thread count."""
-    import torch
-
-    from mnistpipe.modeling import (
-        portable_conv,
-    )  # imports torch: not before the launcher's settings
-
-    mode = MODES[name]
-    torch.backends.mkldnn.enabled = mode.onednn
-    if mode.portable_convolutions:
-        portable_conv.install()
-    if mode.mkl_threads and torch.backends.mkl.is_available():
-        set_mkl_threads(mode.mkl_threads)
-    launched = os.environ.get(LAUNCHED_MODE) or None
-    problems = (
-        [f"the process was launched in {launched!r}"] if launched not in (None, name) else []
-    )
-    problems += [
-        f"{key} is {os.environ.get(key)!r}, not {value!r}"
-        for key, value in mode.environment.items()
-        if os.environ.get(key) != value
-    ]
-    capability = torch.backends.cpu.get_cpu_capability()
-    if mode.capability and capability != mode.capability:
-        problems.append(f"ATen runs its {capability} kernels, not {mode.capability}")
-    if mode.mkl_branch and torch.backends.mkl.is_available():
-        branch, threads = mkl_settings()
-        if branch != mode.mkl_branch:
-            problems.append(f"MKL reports CNR {branch!r}, not {mode.mkl_branch}")
-        if mode.mkl_threads and threads != mode.mkl_threads:
-            problems.append(f"MKL runs {threads} threads, not {mode.mkl_threads}")
-    if problems:  # a stage started without the launcher, or a build that ignores the knobs
-        raise PipelineError(
-            f"numerics {name!r} did not take effect ({'; '.join(problems)}): run the stage as"
-            f" python -m mnistpipe.modeling.numerics {name} stages.<name> ..., as dvc.yaml does"
-        )
-
-
-def check_model(name: str, model: Any) -> None:
-    """Refuse, naming it, a layer of `model` (an nn.Module) that mode `name` cannot run."""
-    if MODES[name].portable_convolutions:
-        from mnistpipe.modeling import portable_conv
-
-        portable_conv.check_layers(model)
-
-
-def set_mkl_threads(count: int) -> None:
-    """MKL's thread count for this thread's calls (CPU autograd runs on it too), through
-    mkl_set_num_threads_local, the call torch itself makes. torch sets it when its first
-    parallel op runs, so that op runs first here."""
-    import ctypes
-
-    import torch
-
-    torch.ones(1024, 1024).sum()  # ATen's lazy thread set-up, which sets MKL's count too
-    library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
-    library.mkl_set_num_threads_local(ctypes.byref(ctypes.c_int(count)))  # Fortran entry
-
-
-def mkl_settings() -> tuple[str | None, int | None]:
-    """The CNR branch (None if off) and thread count MKL reports for a call from here."""
-    import torch
-
-    captured: list[str] = []
-    with _stdout_into(captured), torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON):
-        torch.ones(64, 64) @ torch.ones(64, 64)  # one MKL call, to make it print
-    # e.g. "MKL_VERBOSE SGEMM(...) 1.57ms CNR:COMPATIBLE Dyn:1 FastMM:1 TID:0  NThr:1"
-    text = "".join(captured)
-    branch, threads = re.search(r"CNR:(\S+)", text), re.search(r"NThr:(\d+)", text)
-    return (
-        None if branch is None or branch.group(1) == "OFF" else branch.group(1),
-        int(threads.group(1)) if threads else None,
-    )
-
-
-@contextlib.contextmanager
-def _stdout_into(captured: list[str]) -> Iterator[None]:
-    """Append to `captured` what C code writes to file descriptor 1 inside the block."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with tempfile.TemporaryFile(mode="w+") as capture:
-        os.dup2(capture.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-            capture.seek(0)
-            captured.append(capture.read())
 
 
 def main(argv: list[str]) -> None:
