@@ -102,11 +102,18 @@ def raw_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def dvc_env() -> dict[str, str]:
-    """The environment for running dvc and git in a throwaway clone."""
+TRACER = Path(__file__).with_name("tracer")  # its sitecustomize.py records what a process loads
+
+
+def dvc_env(trace: Path | None = None) -> dict[str, str]:
+    """The environment for running dvc and git in a throwaway clone: Python writes bytecode, as
+    on users' machines, and with `trace` every Python process records there what it loads."""
     venv_bin = str(Path(os.sys.executable).parent)
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    traced = {"PYTHONPATH": str(TRACER), "MNISTPIPE_TRACE": str(trace)} if trace else {}
     return {
-        **os.environ,
+        **inherited,
+        **traced,
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
         "DVC_NO_ANALYTICS": "1",
         "GIT_AUTHOR_NAME": "pipeline tests",
@@ -116,8 +123,11 @@ def dvc_env() -> dict[str, str]:
     }
 
 
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=dvc_env(), capture_output=True, text=True)
+def run(
+    command: list[str], cwd: Path, check: bool = True, trace: Path | None = None
+) -> subprocess.CompletedProcess:
+    env = dvc_env(trace)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
@@ -173,13 +183,16 @@ def edit_config(repo: Path, replacements: dict[str, str]) -> None:
 
 @pytest.fixture(scope="session")
 def pipeline_baseline(tmp_path_factory: pytest.TempPathFactory):
-    """A copy of the repository where `dvc repro` of tiny params ran and was committed.
+    """A copy of the repository where `dvc repro` of tiny params ran and was committed, with
+    bytecode written and what each process loaded recorded in the folder beside it, `trace`.
 
     Returns the repository and the output of that first run (download included).
     """
     repo = copy_repo(tmp_path_factory.mktemp("baseline") / "repo")
     edit_config(repo, TINY_PARAMS)
-    first = run(["dvc", "repro"], repo)
+    trace = repo.parent / "trace"
+    trace.mkdir()
+    first = run(["dvc", "repro"], repo, trace=trace)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny run"], repo)
     return repo, first

@@ -1,6 +1,7 @@
 """Helpers that several test modules share: small models, files and stage runs."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,11 @@ from stages.export import export_bytes
 from tests.conftest import RECIPE, REPO, SMALL_CNN
 
 CLASSES = tuple("0123456789")
+
+
+def ran(result: subprocess.CompletedProcess) -> set[str]:
+    """The stages that a `dvc repro` (`--dry` too) or `dvc exp run` ran."""
+    return set(re.findall(r"^Running stage '([\w-]+)':", result.stdout, re.MULTILINE))
 
 
 def other_model_sections(spelled_out: tuple[str, ...] = ("cnn", "mlp", "examples-cnn")) -> str:

@@ -23,15 +23,11 @@ from mnistpipe.data import processed
 from mnistpipe.data.datasets import DATASETS
 from mnistpipe.modeling.checkpoints import load_checkpoint
 from tests.conftest import REPO, dvc_env, edit_config, run
+from tests.helpers import ran
 
 pytestmark = pytest.mark.slow  # the real dvc CLI on a real (tiny) run, download included
 
 STAGES = ("download", "preprocess", "train", "export", "evaluate", "report")
-
-
-def ran(result: subprocess.CompletedProcess) -> set[str]:
-    """The stages that a `dvc repro` or `dvc exp run` ran."""
-    return set(re.findall(r"^Running stage '([\w-]+)':", result.stdout, re.MULTILINE))
 
 
 def test_the_first_run_downloads_verified_mnist_and_runs_every_stage(pipeline_baseline):
