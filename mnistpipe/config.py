@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from mnistpipe.errors import PipelineError
+from mnistpipe.errors import ParamsError, PipelineError
 
 PARAMS_FILE = Path("params.yaml")
 SEED_RANGE = 2**32  # numpy's and torch's seeds are 32-bit
@@ -106,17 +106,17 @@ def parse(model: type[C], mapping: Any, source: str | Path, prefix: str = "") ->
     missing = _first_missing_key(model, mapping)
     if unknown:
         keys = _keys(unknown[0])
-        known = ", ".join(_known_keys(model, keys[:-1])) or "none"
-        raise PipelineError(f"{source}: unknown key {prefix}{'.'.join(keys)}; known keys: {known}")
+        key, known = prefix + ".".join(keys), ", ".join(_known_keys(model, keys[:-1])) or "none"
+        raise ParamsError(str(source), key, f"unknown key {key}; known keys: {known}")
     if missing:
-        raise PipelineError(f"{source}: missing key {prefix}{missing}")
+        raise ParamsError(str(source), prefix + missing, f"missing key {prefix}{missing}")
     if errors:
         error = errors[0]
         message = error["msg"].removeprefix("Value error, ").replace("valid tuple", "list")
         message = message[0].lower() + message[1:]
         key, value = prefix + ".".join(_keys(error)), error.get("input")
         value = list(value) if isinstance(value, tuple) else value  # as YAML wrote it
-        raise PipelineError(f"{source}: {key}: {message}, got {value!r}")
+        raise ParamsError(str(source), key, f"{key}: {message}, got {value!r}")
     return parsed
 
 

@@ -23,7 +23,7 @@ from mnistpipe.config import PARAMS_FILE, Sections, Seed, load_sections
 from mnistpipe.data import processed
 from mnistpipe.data.datasets import DataParams
 from mnistpipe.data.processed import PreprocessParams, Split
-from mnistpipe.files import sha256_file, write_bytes_atomic, write_text_atomic
+from mnistpipe.files import sha256_file, write_bytes_atomic
 from mnistpipe.modeling import ood
 from mnistpipe.modeling.calibration import ECE_BINS
 from mnistpipe.modeling.checkpoints import Checkpoint, load_checkpoint
@@ -204,11 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     run_params |= {"model": checkpoint.model_section(), "train": checkpoint.recorded_recipe()}
     run = RunTables.read(args.metrics)
     test = processed.load_split(args.data, "test")
-    for name, png in figures_of_run(run, test, checkpoint, params).items():
-        write_bytes_atomic(args.out / name, png)
+    outputs = dict(figures_of_run(run, test, checkpoint, params))  # file name -> bytes
     sizes = processed.load_meta(args.data).sizes
-    markdown = report_markdown(run, sizes, checkpoint, run_params, params)
-    write_text_atomic(args.out / "report.md", markdown)
+    outputs["report.md"] = report_markdown(run, sizes, checkpoint, run_params, params).encode()
     files = [
         ModelFile(str(args.model), sha256_file(args.model), "PyTorch checkpoint"),
         ModelFile(
@@ -219,7 +217,18 @@ def main(argv: list[str] | None = None) -> None:
     ]
     pairs = confused_pairs(run.confusion, params.confused_pairs)
     card = model_card(checkpoint, run.metrics, run.per_class, run.class_counts, pairs, files)
-    write_text_atomic(args.out / "model_card.md", card)
+    outputs["model_card.md"] = card.encode()
+    write_folder(args.out, outputs)
+
+
+def write_folder(folder: Path, outputs: dict[str, bytes]) -> None:
+    """Write every file (each atomically), then delete what an earlier run left that this one
+    did not write: DVC keeps the folder in place while the stage runs (`persist`)."""
+    for name, data in outputs.items():
+        write_bytes_atomic(folder / name, data)
+    for path in folder.iterdir():
+        if path.is_file() and path.name not in outputs:
+            path.unlink()
 
 
 if __name__ == "__main__":
