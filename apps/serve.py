@@ -25,7 +25,7 @@ from apps.webapp import create_app
 from mnistpipe.cli import run_stage
 from mnistpipe.config import PARAMS_FILE
 from mnistpipe.deploy.onnx_model import OnnxClassifier, load_onnx
-from mnistpipe.deploy.serving import load_serve_params
+from mnistpipe.deploy.serving import load_serve_params, with_flags
 from mnistpipe.errors import PipelineError
 from mnistpipe.files import sha256_file
 
@@ -76,15 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
     params = load_serve_params(args.params)
-    overrides = {"host": args.host, "port": args.port}
-    params = params.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    params = with_flags(params, host=args.host, port=args.port)
     model = load_onnx(args.model)  # a bad model stops the server here, before it listens
     app = create_app(model, health(model, args.metrics), params)
     try:  # bound here, so a taken port is one clear line rather than uvicorn's exit
         listener = socket.create_server((params.host, params.port))
     except OSError as exc:
         raise PipelineError(f"cannot listen on {params.host}:{params.port} ({exc})") from None
-    log.info("serving %s on http://%s:%d/", args.model, params.host, params.port)
+    port = listener.getsockname()[1]  # the one the system picked for port 0
+    log.info("serving %s on http://%s:%d/", args.model, params.host, port)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
 
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 from mnistpipe.errors import PipelineError
 
-
 DVC_STAGE = "DVC_STAGE"  # set by DVC in the environment of each stage's command
 # DVC removes a stage's cached outputs before running it (its git-kept ones persist, dvc.yaml)
 RESTORE_HINT = " (`dvc checkout` brings back the outputs DVC removed before this run)"

@@ -37,7 +37,7 @@ BAD_OVERRIDES = [
     ("train.lr=-1", "train.lr: input should be greater than 0, got -1"),
     ("model.name=resnet", "model.name: input should be 'cnn', 'mlp' or 'examples-cnn'"),
     ("data.dataset=emnist", "data.dataset: input should be 'mnist' or 'fashion-mnist'"),
-    ("serve.port=70000", "serve.port: must be between 1 and 65535, got 70000"),
+    ("serve.port=70000", "serve.port: must be between 0 and 65535, got 70000"),
 ]
 
 

@@ -21,6 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from apps.serve import main as serve_main
 from apps.webapp import create_app
 from benchmarks.load_test import (
     expected_labels,
@@ -33,6 +34,7 @@ from mnistpipe.data import processed
 from mnistpipe.data.datasets import DATASETS
 from mnistpipe.deploy.onnx_model import load_onnx
 from mnistpipe.deploy.serving import ServeParams
+from mnistpipe.errors import PipelineError
 from mnistpipe.modeling.checkpoints import load_checkpoint
 from tests.conftest import REPO, non_digit_uploads
 from tests.helpers import exported, uniform_images
@@ -450,3 +452,14 @@ def test_page_png_is_dark_ink_on_light_paper():
     digit[4:24, 12:16] = 255
     page = np.asarray(Image.open(io.BytesIO(page_png(digit))))
     assert page.shape == (96, 96) and page[0, 0] == 240 and page.min() < 60
+
+
+def test_the_flags_are_validated_as_the_params_file_is(tmp_path):
+    """A bad --port is one line naming the flag, before the model is even read."""
+    absent, params = tmp_path / "absent.onnx", str(REPO / "params.yaml")
+    with pytest.raises(PipelineError, match=r"^--port: must be between 0 and 65535, got 70000$"):
+        serve_main(
+            ["--model", str(absent), "--port", "70000", "--params", str(REPO / "params.yaml")]
+        )
+    with pytest.raises(PipelineError, match=r"absent\.onnx: model not found"):  # a good flag
+        serve_main(["--model", str(absent), "--port", "0", "--params", params])

@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field
 
 from mnistpipe.config import Config, parse, read_params, rule
-from mnistpipe.errors import PipelineError
+from mnistpipe.errors import ParamsError, PipelineError
 
 
 class ServeParams(Config):
@@ -21,8 +21,8 @@ class ServeParams(Config):
         description="where `python -m apps.serve` listens; 127.0.0.1 keeps it on this machine,"
         " 0.0.0.0 would expose it to your network"
     )
-    port: Annotated[int, rule(lambda v: 1 <= v <= 65535, "must be between 1 and 65535")] = Field(
-        description="its port"
+    port: Annotated[int, rule(lambda v: 0 <= v <= 65535, "must be between 0 and 65535")] = Field(
+        description="its port; 0 = a free port that the system picks (the log names it)"
     )
     max_upload_mb: float = Field(gt=0, description="larger uploads get 413")
     max_batch: int = Field(
@@ -39,3 +39,14 @@ def load_serve_params(path: str | Path) -> ServeParams:
     if "serve" not in raw:
         raise PipelineError(f"{path}: missing key serve")
     return parse(ServeParams, raw["serve"], path, "serve.")
+
+
+def with_flags(params: ServeParams, **flags: object) -> ServeParams:
+    """`params` with the command line's flags (None: not given), validated as the file is,
+    so that a bad flag is one line naming it."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    try:
+        return parse(ServeParams, params.to_mapping() | given, "the command line", "serve.")
+    except ParamsError as error:
+        flag = error.key.removeprefix("serve.")
+        raise PipelineError(f"--{flag}: {error.problem.split(': ', 1)[1]}") from None
