@@ -78,7 +78,7 @@ def recipes() -> list[str]:
 def recipe_params(name: str, quick: bool, numerics: str | None = None) -> str:
     """params.yaml composed with the recipe (one epoch when quick, other numerics if given)."""
     overrides = [f"recipe={name}", *(["train.epochs=1"] if quick else [])]
-    return compose(REPO, overrides + ([f"train.numerics={numerics}"] if numerics else []))
+    return compose(REPO, overrides + ([f"runtime.numerics={numerics}"] if numerics else []))
 
 
 def quick_data(data_dir: Path, out: Path, sizes: dict[str, int] = QUICK_SIZES) -> Path:
@@ -97,7 +97,7 @@ def run_train(params: str, workdir: Path, data_dir: Path) -> tuple[float, float,
     history with each epoch's seconds."""
     params_path, model, history = workdir / "params.yaml", workdir / "model.pt", workdir / "h.csv"
     params_path.write_text(params)
-    numerics = yaml.safe_load(params)["train"]["numerics"]  # through the launcher, as dvc.yaml
+    numerics = yaml.safe_load(params)["runtime"]["numerics"]  # through the launcher, as dvc.yaml
     command = [
         *(sys.executable, "-m", "mnistpipe.modeling.numerics", numerics, "stages.train"),
         *("--data", data_dir, "--model", model),
@@ -162,7 +162,7 @@ def benchmark(name: str, data_dir: Path, quick: bool, numerics: str | None = Non
     epochs_s = float(history["seconds"].sum())
     return {
         "recipe": name,
-        "numerics": yaml.safe_load(params)["train"]["numerics"],
+        "numerics": yaml.safe_load(params)["runtime"]["numerics"],
         "test_accuracy": metrics["accuracy"],
         "best_val_accuracy": float(history["val_accuracy"].max()),
         "epochs": len(history),
@@ -188,7 +188,11 @@ def step_times(data_dir: Path, modes: list[str], threads: list[int]) -> list[dic
         data = quick_data(data_dir, Path(folder) / "data", STEP_SIZES)
         for mode in modes:
             for count in threads:
-                overrides = ["train.epochs=1", f"train.numerics={mode}", f"train.threads={count}"]
+                overrides = [
+                    "train.epochs=1",
+                    f"runtime.numerics={mode}",
+                    f"runtime.threads={count}",
+                ]
                 workdir = Path(folder) / f"{mode}-{count}"
                 workdir.mkdir()
                 _, _, _, history = run_train(compose(REPO, overrides), workdir, data)

@@ -69,7 +69,7 @@ def child(data: Path, images: int, threads: int, mkldnn: bool) -> None:
         torch.from_numpy(split.images[:images]), torch.from_numpy(split.labels[:images]).long()
     )
     val = Data(train.images[:500], train.labels[:500])
-    composed = yaml.safe_load(compose(Path.cwd(), ["train.epochs=1", "train.device=cpu"]))
+    composed = yaml.safe_load(compose(Path.cwd(), ["train.epochs=1", "runtime.device=cpu"]))
     recipe = parse(TrainParams, composed["train"], "composed params", "train.")
     model = build_model("cnn", MODELS["cnn"].config(), meta.mean, meta.std)
     model = model.to(memory_format=torch.channels_last)

@@ -2,12 +2,12 @@
 
 Each section's model lives beside the code it configures: `data` in data/datasets.py,
 `download` in data/sources.py, `preprocess` in data/processed.py, `model` in
-modeling/models.py, `train` in modeling/recipe.py, `export` in deploy/onnx_model.py,
-`evaluate` in modeling/metrics.py, `report` in reporting/figures.py and `serve` in
-deploy/serving.py. A stage reads only its own sections (`config.Sections`), so that it loads
-only the code it runs. This model, which loads every layer (torch included), checks the whole
-file when it is composed (tools/compose_params.py, for `make repro` and `dvc exp run`),
-before any stage runs, and makes the params reference (tools/params_doc.py).
+modeling/models.py, `train` in modeling/recipe.py, `runtime` in modeling/device.py, `export`
+in deploy/onnx_model.py, `evaluate` in modeling/metrics.py, `report` in reporting/figures.py
+and `serve` in deploy/serving.py. A stage reads only its own sections (`config.Sections`), so
+that it loads only the code it runs. This model, which loads every layer (torch included),
+checks the whole file when it is composed (tools/compose_params.py, for `make repro` and
+`dvc exp run`), before any stage runs, and makes the params reference (tools/params_doc.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from mnistpipe.data.processed import PreprocessParams
 from mnistpipe.data.sources import DownloadParams
 from mnistpipe.deploy.onnx_model import ExportParams
 from mnistpipe.deploy.serving import ServeParams
+from mnistpipe.modeling.device import RuntimeParams
 from mnistpipe.modeling.metrics import EvaluateParams
 from mnistpipe.modeling.models import ModelParams
 from mnistpipe.modeling.recipe import TrainParams
@@ -35,6 +36,7 @@ class Params(Config):
     preprocess: PreprocessParams
     model: ModelParams
     train: TrainParams
+    runtime: RuntimeParams
     export: ExportParams
     evaluate: EvaluateParams
     report: ReportParams

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from mnistpipe.modeling.calibration import (
     softmax,
 )
 from mnistpipe.modeling.checkpoints import load_checkpoint, require_same_dataset
-from mnistpipe.modeling.device import apply_numerics, select_device
+from mnistpipe.modeling.device import RuntimeParams, apply_numerics, select_device
 from mnistpipe.modeling.metrics import (
     EvaluateParams,
     confusion_table,
@@ -58,6 +59,7 @@ log = logging.getLogger("evaluate")
 class EvaluateSections(Sections):
     seed: Seed
     evaluate: EvaluateParams
+    runtime: RuntimeParams
 
 
 # The files it writes, each given as --NAME PATH (dvc.yaml names the paths)
@@ -81,14 +83,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
     all_params = load_sections(EvaluateSections, args.params)
-    params, seed = all_params.evaluate, all_params.seed
-    apply_numerics(params.numerics)
+    params, runtime, seed = all_params.evaluate, all_params.runtime, all_params.seed
+    torch.set_num_threads(runtime.threads or os.cpu_count() or 1)
+    apply_numerics(runtime.numerics)  # after the thread count, which resets MKL's
 
     checkpoint = load_checkpoint(args.model)
     meta = processed.load_meta(args.data)
     require_same_dataset(checkpoint, meta, args.model, args.data)
     test = processed.load_split(args.data, "test")
-    model, batch = checkpoint.build().to(select_device(params.device)), params.batch_size
+    model, batch = checkpoint.build().to(select_device(runtime.device)), params.batch_size
     logits = predict_logits(model, torch.from_numpy(test.images), batch)
     labels, predicted = test.labels.astype(np.int64), logits.argmax(1).numpy()
     metrics = summary_metrics(labels, logits)

@@ -180,6 +180,7 @@ def report_markdown(
         "epochs": len(run.history),
         "val_accuracy": checkpoint.val_accuracy,
         "device": checkpoint.device,
+        "numerics": checkpoint.numerics,
         "torch_version": checkpoint.torch_version,
         "seed": run_params["seed"],
         "run_params_yaml": yaml.safe_dump(run_params, sort_keys=False).strip(),
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = load_checkpoint(args.model)
     written = all_params.to_mapping()
     run_params = {key: written[key] for key in RUN_SECTIONS}
-    run_params |= {"model": checkpoint.model_section(), "train": checkpoint.recorded_recipe()}
+    run_params |= {"model": checkpoint.model_section(), "train": checkpoint.recipe.to_mapping()}
     run = RunTables.read(args.metrics)
     test = processed.load_split(args.data, "test")
     outputs = dict(figures_of_run(run, test, checkpoint, params))  # file name -> bytes

@@ -27,6 +27,7 @@ from mnistpipe.modeling import ood
 from mnistpipe.modeling.calibration import fit_temperature
 from mnistpipe.modeling.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.modeling.device import (
+    RuntimeParams,
     apply_numerics,
     check_numerics_layers,
     make_deterministic,
@@ -48,6 +49,7 @@ class TrainSections(Sections):
     seed: Seed
     model: ModelParams
     train: TrainParams
+    runtime: RuntimeParams
 
 
 def load_data(folder: Path, split: str, device: torch.device) -> Data:
@@ -71,18 +73,22 @@ def timings_csv(rows: tuple[EpochStats, ...]) -> str:
 
 
 def train(
-    data_dir: Path, model_params: ModelParams, params: TrainParams, seed: int
+    data_dir: Path,
+    model_params: ModelParams,
+    params: TrainParams,
+    runtime: RuntimeParams,
+    seed: int,
 ) -> tuple[Checkpoint, TrainResult]:
     """Train on `data_dir`: the calibrated checkpoint of the best epoch, and the loop's result."""
-    make_deterministic(seed, params.threads)
-    apply_numerics(params.numerics)  # after the thread count, which resets MKL's
-    device = select_device(params.device)
+    make_deterministic(seed, runtime.threads)
+    apply_numerics(runtime.numerics)  # after the thread count, which resets MKL's
+    device = select_device(runtime.device)
     meta = processed.load_meta(data_dir)
     train_data, val_data = load_data(data_dir, "train", device), load_data(data_dir, "val", device)
     model = build_model(model_params.name, model_params.config, meta.mean, meta.std)
     model = model.to(device=device, memory_format=torch.channels_last)
     if device.type == "cpu":
-        check_numerics_layers(params.numerics, model)
+        check_numerics_layers(runtime.numerics, model)
     log.info(
         "training %s (%d parameters) on %s for %d epochs, %d threads, %s numerics",
         model_params.name,
@@ -90,7 +96,7 @@ def train(
         device,
         params.epochs,
         torch.get_num_threads(),
-        params.numerics,
+        runtime.numerics,
     )
     outliers = None
     if params.outliers_per_batch:
@@ -107,6 +113,7 @@ def train(
         epoch=result.best.epoch,
         val_accuracy=result.best.val_accuracy,
         device=str(device),
+        numerics=runtime.numerics,
     )
     return calibrated(checkpoint, val_data, params.ood_rejection), result
 
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_sections(TrainSections, args.params)
 
-    checkpoint, result = train(args.data, params.model, params.train, params.seed)
+    checkpoint, result = train(args.data, params.model, params.train, params.runtime, params.seed)
     save_checkpoint(args.model, checkpoint)
     write_text_atomic(args.history, history_csv(result.history))
     if args.timings is not None:

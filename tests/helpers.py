@@ -91,19 +91,18 @@ model:
   augment_rotate: 10.0
   augment_shift: 2.0
   augment_scale: 0.1
-  device: auto
-  threads: 1
-  numerics: portable
   outliers_per_batch: 0
   outlier_weight: 0.5
   ood_rejection: 0.01
+runtime:
+  device: auto
+  threads: 1
+  numerics: portable
 export:
   opset: 20
   tolerance: 1.0e-4
 evaluate:
   batch_size: 16
-  device: auto
-  numerics: portable
 report:
   misclassified_shown: 16
   samples_shown: 8

@@ -46,7 +46,7 @@ def main() -> None:
     if "--unpinned" in sys.argv:
         torch.set_num_threads(threads)  # resets MKL's count to torch's
     train, val = toy_data(STEPS * BATCH, 1), toy_data(500, 2)
-    recipe = RECIPE.model_copy(update={"epochs": 1, "batch_size": BATCH, "numerics": mode})
+    recipe = RECIPE.model_copy(update={"epochs": 1, "batch_size": BATCH})
     model = build_model("cnn", CONFIG, mean=0.15, std=0.3)
     model = model.to(memory_format=torch.channels_last)
     result = fit(model, train, val, recipe, seed=5, show_progress=False)

@@ -139,8 +139,8 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
     save_checkpoint(tmp_path / "model.pt", checkpoint)
     loaded = load_checkpoint(tmp_path / "model.pt")
     assert loaded.model_config == checkpoint.model_config and loaded.classes == checkpoint.classes
-    assert loaded.recorded_recipe() == checkpoint.recorded_recipe()
-    assert "threads" not in loaded.recorded_recipe() and RECIPE.threads == 1  # not recorded
+    assert loaded.recipe == checkpoint.recipe == RECIPE  # the recipe as given
+    assert (loaded.device, loaded.numerics) == (checkpoint.device, checkpoint.numerics)
     assert (loaded.epoch, loaded.dataset) == (3, "mnist")
     assert loaded.state_dict["normalize.mean"].item() == pytest.approx(0.1)
     images = torch.randint(0, 256, (7, 28, 28), dtype=torch.uint8)
@@ -161,7 +161,24 @@ def test_missing_and_corrupt_checkpoints_are_named_errors(tmp_path):
     with pytest.raises(PipelineError, match=r"model.pt: not a readable checkpoint"):
         load_checkpoint(path)
     torch.save({"weights": torch.zeros(1)}, path)
-    with pytest.raises(PipelineError, match=r"model.pt: not a checkpoint of format 4"):
+    with pytest.raises(PipelineError, match=r"model.pt: not a checkpoint of format 4 or 5;"):
+        load_checkpoint(path)
+
+
+def test_a_format_4_checkpoint_still_loads_with_its_runtime_moved_out_of_the_recipe(tmp_path):
+    """Format 4 kept the device and the numerics mode inside its recipe (models/model.pt of
+    main before the runtime section); the recipe read back is the train section alone."""
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, make_checkpoint())
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == 5 and payload["recipe"] == RECIPE.to_mapping()
+    numerics = payload.pop("numerics")
+    payload["recipe"] |= {"device": "auto", "numerics": numerics}
+    torch.save({**payload, "format": 4}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.recipe == RECIPE and loaded.numerics == numerics
+    torch.save({**payload, "format": 3}, path)
+    with pytest.raises(PipelineError, match=r"not a checkpoint of format 4 or 5; retrain it$"):
         load_checkpoint(path)
 
 

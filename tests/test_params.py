@@ -51,19 +51,18 @@ model:
   augment_rotate: 0
   augment_shift: 1.5
   augment_scale: 0.0
-  device: auto
-  threads: 0
-  numerics: portable
   outliers_per_batch: 0
   outlier_weight: 0.5
   ood_rejection: 0.01
+runtime:
+  device: cpu
+  threads: 0
+  numerics: fast
 export:
   opset: 18
   tolerance: 1.0e-5
 evaluate:
   batch_size: 500
-  device: cpu
-  numerics: fast
 report:
   misclassified_shown: 32
   samples_shown: 32
@@ -177,9 +176,9 @@ def test_valid_params_become_typed_frozen_sections(tmp_path):
             "augment_scale: 1.0",
             "train.augment_scale: input should be less than 1, got 1.0",
         ),
-        ("device: auto", "device: tpu", "train.device: must be auto, cpu, cuda or cuda:N"),
-        ("device: cpu", "device: cuda:x", "evaluate.device: must be auto, cpu, cuda or cuda:N"),
-        ("threads: 0", "threads: -2", "train.threads: must be 0 (all cores)"),
+        ("device: cpu", "device: tpu", "runtime.device: must be auto, cpu, cuda or cuda:N"),
+        ("device: cpu", "device: cuda:x", "runtime.device: must be auto, cpu, cuda or cuda:N"),
+        ("threads: 0", "threads: -2", "runtime.threads: must be 0 (all cores)"),
         (
             "batch_size: 500",
             "batch_size: 0",

@@ -28,15 +28,16 @@ HEADER = """\
 descriptions and the committed params.yaml: edit those, not this file. -->
 
 `conf/config.yaml` (composed into `params.yaml`) is the only source of settings: one section
-per stage (and `serve` for the web server), plus `data` and `seed`; `conf/recipe/` holds the
-named recipes. The whole file is one nested pydantic model, `Params` in
-`mnistpipe/params.py` (the model configs, the `train` recipe, `download` and `serve` sit
-beside their code and are referenced from it). Each stage loads it once, before doing any
-work: frozen, strict types, `Literal` choices read from the registries `MODELS`,
+per stage (and `serve` for the web server), plus `data`, `runtime` (where train and evaluate
+compute) and `seed`; `conf/recipe/` holds the named recipes. Each section is a pydantic model
+beside the code it configures; `Params` in `mnistpipe/params.py` is the whole file. It is
+checked as a whole when it is composed (`make repro`, `dvc exp run -S`), before any stage
+runs: frozen, strict types, `Literal` choices read from the registries `MODELS`,
 `OPTIMIZERS`, `SCHEDULES`, `SOURCES` and `DATASETS`, `Field` bounds. An unknown key (a
 typo), a missing key, a wrong type or a value out of range stops it with a one-line error
-that names the file and the key, e.g.
-`preprocess: error: params.yaml: unknown key preprocess.val_sise; known keys: val_size, subset`.
+that names the key, the value and where it came from, e.g.
+`params: error: train.lr: input should be greater than 0, got -1 (from -S train.lr=-1; nothing
+was run or removed)`. Each stage then reads and checks only its own sections.
 
 | key | default | meaning |
 | --- | --- | --- |

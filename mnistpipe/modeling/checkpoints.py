@@ -25,18 +25,16 @@ from mnistpipe.modeling.models import CNN, MODELS, build_model, fuse_batch_norm
 from mnistpipe.modeling.recipe import TrainParams
 
 # 2: normalization inside the model, recipe and per-model config; 3: calibration temperature;
-# 4: the OOD score's threshold
-CHECKPOINT_FORMAT = 4
-# Train settings that say how to run, not what to compute (in portable numerics the bytes are
-# the same for any thread count): left out of the file, whose bytes must not depend on them.
-UNRECORDED = {"threads": 0}  # key -> the value a loaded recipe shows (0: all cores)
+# 4: the OOD score's threshold; 5: the recipe as given, the numerics mode beside the device
+CHECKPOINT_FORMAT = 5
+READABLE_FORMATS = (4, 5)  # 4 is read by moving its recipe's device and numerics out
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     model_name: str  # a key of MODELS
     model_config: Config  # that model's config
-    recipe: TrainParams  # the train section it was trained with (threads not recorded)
+    recipe: TrainParams  # the train section it was trained with, as given
     state_dict: dict[str, torch.Tensor]
     dataset: str
     classes: tuple[str, ...]  # class index -> name
@@ -47,11 +45,8 @@ class Checkpoint:
     # an input whose OOD score (ood.py) is above this is flagged as unlike the training data
     ood_threshold: float = float("inf")
     device: str = "cpu"  # where it was trained
+    numerics: str = "portable"  # the CPU numerics mode it was trained in (numerics.MODES)
     torch_version: str = str(torch.__version__)  # that trained it
-
-    def recorded_recipe(self) -> dict[str, Any]:
-        """The recipe as the file records it: the train section less UNRECORDED."""
-        return {k: v for k, v in self.recipe.to_mapping().items() if k not in UNRECORDED}
 
     def model_section(self) -> dict[str, Any]:
         """The model as params.yaml's `model` section writes it, with the one config it uses."""
@@ -87,7 +82,7 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "model": {"name": checkpoint.model_name, "config": checkpoint.model_config.to_mapping()},
-        "recipe": checkpoint.recorded_recipe(),
+        "recipe": checkpoint.recipe.to_mapping(),
         "state_dict": checkpoint.state_dict,
         "dataset": checkpoint.dataset,
         "classes": list(checkpoint.classes),
@@ -96,6 +91,7 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
         "temperature": checkpoint.temperature,
         "ood_threshold": checkpoint.ood_threshold,
         "device": checkpoint.device,
+        "numerics": checkpoint.numerics,
         "torch_version": checkpoint.torch_version,
     }
     buffer = io.BytesIO()
@@ -112,16 +108,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except Exception as exc:  # torch raises many types for a damaged file
         reason = " ".join(str(exc).split())[:200]
         raise PipelineError(f"{path}: not a readable checkpoint ({reason})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise PipelineError(f"{path}: not a checkpoint of format {CHECKPOINT_FORMAT}")
+    if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
+        formats = " or ".join(map(str, READABLE_FORMATS))
+        raise PipelineError(f"{path}: not a checkpoint of format {formats}; retrain it")
     try:
+        if payload["format"] == 4:  # its recipe held the runtime's device and numerics
+            recipe = dict(payload["recipe"])
+            payload |= {"numerics": recipe.pop("numerics"), "recipe": recipe}
+            recipe.pop("device")
         name = str(payload["model"]["name"])
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
         checkpoint = Checkpoint(
             model_name=name,
             model_config=MODELS[name].config.model_validate(payload["model"]["config"]),
-            recipe=parse(TrainParams, {**payload["recipe"], **UNRECORDED}, path, "train."),
+            recipe=parse(TrainParams, payload["recipe"], path, "train."),
             state_dict=payload["state_dict"],
             dataset=str(payload["dataset"]),
             classes=tuple(payload["classes"]),
@@ -130,6 +131,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             temperature=float(payload["temperature"]),
             ood_threshold=float(payload["ood_threshold"]),
             device=str(payload["device"]),
+            numerics=str(payload["numerics"]),
             torch_version=str(payload["torch_version"]),
         )
         checkpoint.build()

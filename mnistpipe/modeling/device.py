@@ -15,13 +15,35 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from mnistpipe.config import Config, Device, rule
 from mnistpipe.errors import PipelineError
 from mnistpipe.modeling import portable_conv
 from mnistpipe.modeling.numerics import LAUNCHED_MODE, MODES
+
+
+class RuntimeParams(Config):
+    """The `runtime` section: where and how train and evaluate compute, not what. Checkpoints
+    record the device and the numerics mode beside the recipe, never the thread count."""
+
+    device: Device = Field(
+        description="`auto` (CUDA when present, else the CPU), `cpu`, `cuda` or `cuda:N`"
+    )
+    threads: Annotated[
+        int, rule(lambda v: v >= 0, "must be 0 (all cores) or a positive count")
+    ] = Field(
+        description="CPU threads; 0 = all cores (in portable numerics the bytes are the"
+        " same for any count)"
+    )
+    numerics: Literal[tuple(MODES)] = Field(
+        description="CPU numerics (numerics.py): `portable` (the same bytes on any x86-64 CPU"
+        " with AVX2) or `fast` (oneDNN; the same CPU model and thread count only)"
+    )
 
 
 def select_device(name: str) -> torch.device:

@@ -5,8 +5,6 @@ Floats are rounded to 6 decimals, so the files a rerun writes are the same bytes
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import pandas as pd
 import torch
@@ -14,16 +12,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from mnistpipe.config import Config, Device
-from mnistpipe.modeling.numerics import MODES
+from mnistpipe.config import Config
 
 
 class EvaluateParams(Config):
     batch_size: int = Field(
         ge=1, description="images per inference batch; does not change the results"
     )
-    device: Device = Field(description="as `train.device`")
-    numerics: Literal[tuple(MODES)] = Field(description="as `train.numerics`")
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:

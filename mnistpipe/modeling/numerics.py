@@ -42,7 +42,7 @@ class Mode:
     mkl_threads: int | None  # MKL's threads for this process's calls, None = torch's count
 
 
-# Mode name -> settings. `train.numerics` and `evaluate.numerics` name one; device.py applies it
+# Mode name -> settings. `runtime.numerics` names one, for train and evaluate; device.py applies it
 # inside the stage (apply_numerics), after the launcher below has set its environment.
 MODES: dict[str, Mode] = {
     "portable": Mode(

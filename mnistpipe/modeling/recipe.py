@@ -12,8 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from mnistpipe.config import Config, Device, Fraction, rule
-from mnistpipe.modeling.numerics import MODES
+from mnistpipe.config import Config, Fraction, rule
 
 Groups = list[dict]  # optimizer parameter groups
 Optimizer = torch.optim.Optimizer
@@ -56,7 +55,8 @@ SCHEDULES: dict[str, Callable[[Optimizer, TrainParams, int], Schedule]] = {
 
 
 class TrainParams(Config):
-    """The `train` section: the recipe. Checkpoints carry it, resolved, beside the weights."""
+    """The `train` section: the recipe, what to compute (where it runs is the `runtime`
+    section's, device.py). Checkpoints carry it, as given, beside the weights."""
 
     epochs: int = Field(ge=1, description="passes over the training split")
     batch_size: int = Field(ge=1, description="training images per step")
@@ -82,19 +82,6 @@ class TrainParams(Config):
         ge=0, description="pixels of random translation, each way; 0 = off"
     )
     augment_scale: float = Field(ge=0, lt=1, description="random zoom of 1 ± this; 0 = off")
-    device: Device = Field(
-        description="`auto` (CUDA when present, else the CPU), `cpu`, `cuda` or `cuda:N`"
-    )
-    threads: Annotated[
-        int, rule(lambda v: v >= 0, "must be 0 (all cores) or a positive count")
-    ] = Field(
-        description="CPU threads; 0 = all cores (in portable numerics the bytes are the"
-        " same for any count)"
-    )
-    numerics: Literal[tuple(MODES)] = Field(
-        description="CPU numerics (numerics.py): `portable` (the same bytes on any x86-64 CPU"
-        " with AVX2) or `fast` (oneDNN; the same CPU model and thread count only)"
-    )
     # Outlier exposure (Hendrycks et al., 2019), synthetic.py's non-digits
     outliers_per_batch: int = Field(
         ge=0,

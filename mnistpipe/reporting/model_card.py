@@ -55,6 +55,7 @@ def model_card(
         "classes": checkpoint.classes,
         "recipe": checkpoint.recipe,
         "device": checkpoint.device,
+        "numerics": checkpoint.numerics,
         "torch_version": checkpoint.torch_version,
         "epoch": checkpoint.epoch,
         "val_accuracy": checkpoint.val_accuracy,
