@@ -50,7 +50,6 @@ GUIDES = REPO / "docs" / "guides"
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```[ \t]*$", re.M | re.S)
 MARKER = re.compile(r"<!-- guide-test: (.*?) -->")
 HEADING = re.compile(r"^## (.+)$", re.M)
-STAGES = ["download", "preprocess", "train", "export", "evaluate", "report"]
 ACTIONS = re.compile(
     r"run(?: in \S+)?|output|insert \S+ (?:before|after): .+|patch \S+|skip: \S.*"
 )
@@ -135,12 +134,16 @@ class Guide:
         assert not unused, f"{self.path.name} no longer holds {unused}"
 
 
+TERMINAL = 120  # columns: the guides' tables must show their columns in full at this width
+
+
 def shell(script: str, folder: Path, where: str) -> str:
-    # One stream, unbuffered, so that DVC's lines and its stages' logs keep their order.
+    # One stream, unbuffered, so that DVC's lines and its stages' logs keep their order; a
+    # terminal's width, which DVC's tables (rich) shrink to, eliding cells with "…".
     result = subprocess.run(
         ["bash", "-c", f"set -euo pipefail\n{MAKE}{script}"],
         cwd=folder,
-        env={**dvc_env(), "PYTHONUNBUFFERED": "1"},
+        env={**dvc_env(), "PYTHONUNBUFFERED": "1", "COLUMNS": str(TERMINAL)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -234,7 +237,8 @@ def test_a_model_added_by_the_guide_trains_and_shows_up_in_dvc(pipeline_repo):
     edit_config(pipeline_repo, TINY_PARAMS)
     trained = guide.follow(train)
     guide.finish()
-    assert stages_run(trained) == STAGES  # mnistpipe/ changed: every stage depends on it
+    # models.py changed: the stages that import it, never download or preprocess
+    assert stages_run(trained) == ["train", "export", "evaluate", "report"]
     assert "training tiny-cnn (9098 parameters)" in trained
     shown = experiments(pipeline_repo)["tiny-cnn"]
     assert shown["params"]["model"]["name"] == "tiny-cnn"
@@ -308,6 +312,18 @@ def test_a_dataset_registered_by_the_guide_runs_through_the_pipeline(pipeline_re
     assert counts.splitlines()[1] == "0,0,50,50,20"  # class, name, train, val, test
 
 
+def check_table(output: str, headers: list[str], values: list[str]) -> None:
+    """A `dvc exp show` table as printed at TERMINAL columns: every named column's header and
+    the given values in full, nothing elided."""
+    lines = output.splitlines()
+    assert "…" not in output, output
+    assert max(map(len, lines)) <= TERMINAL, output
+    header = next(line for line in lines if "Experiment" in line)
+    assert header.split() == headers, header
+    for value in values:
+        assert re.search(rf"(?<![\w.]){re.escape(value)}(?![\w.])", output), (value, output)
+
+
 def check_the_diffs(repo: Path, before: dict) -> None:
     """What DVC's diffs say of a run of 2 epochs against the committed 1, in JSON and
     Markdown: the metrics at HEAD and in the workspace, the changed param, both plots."""
@@ -350,13 +366,26 @@ def test_the_experiments_guide_runs_compares_and_keeps_the_best(pipeline_repo):
     assert stages_run(ran) == ["train", "export", "evaluate", "report"]
     compared = guide.follow("2. Compare it with the last commit")
     assert re.search(r"train\.epochs\s+1\s+2", compared)  # dvc params diff
+    after = json.loads((pipeline_repo / "metrics" / "metrics.json").read_text())
+    table = compared.split("Path ")[0]  # dvc exp show's, before the diffs' tables
+    headers = ["Experiment", "accuracy", "loss", "ece_calibrated", "train.epochs"]
+    shown = [f"{after[name]:.5g}" for name in ("accuracy", "loss", "ece_calibrated")]
+    check_table(table, headers, ["epochs-8", *shown])  # DVC shows 5 significant digits
     assert (pipeline_repo / "dvc_plots" / "index.html").is_file()  # dvc plots diff
     check_the_diffs(pipeline_repo, before)
     guide.follow("3. A whole recipe")
     queued = guide.follow("4. Queue several")
     assert queued.count("Queued") >= 2
     ranked = guide.follow("5. Pick the best")
-    assert "epochs-8" in ranked
+    headers = [
+        "Experiment",
+        "accuracy",
+        "ece_calibrated",
+        "model.name",
+        "train.epochs",
+        "train.lr",
+    ]
+    check_table(ranked, headers, ["epochs-8", f"{after['accuracy']:.5g}", "cnn", "mlp"])
     trained = json.loads((pipeline_repo / "metrics" / "metrics.json").read_text())
     assert trained["accuracy"] != before["accuracy"]
     guide.follow("6. Keep the best")
