@@ -29,3 +29,30 @@ def test_workflow_runs_the_tests_the_check_and_the_pr_diffs():
     for command in ("dvc metrics diff origin/main --md", "dvc params diff origin/main --md"):
         assert command in pipeline_steps
     assert "$GITHUB_STEP_SUMMARY" in pipeline_steps
+
+
+# The first major version of each action that runs on Node 24: GitHub's runners dropped Node 20
+# in September 2026, and the versions before these fail there.
+NODE_24_MAJORS = {"actions/checkout": 5, "actions/setup-python": 6, "actions/cache": 5}
+
+
+def test_the_workflows_use_actions_that_run_on_current_runners():
+    for workflow in WORKFLOW.parent.glob("*.yml"):
+        steps = [
+            step
+            for job in yaml.safe_load(workflow.read_text())["jobs"].values()
+            for step in job.get("steps", [])
+        ]
+        for uses in (step["uses"] for step in steps if "uses" in step):
+            action, version = uses.split("@")
+            assert action in NODE_24_MAJORS, f"{workflow.name}: {uses} is not checked here"
+            assert int(version.lstrip("v").split(".")[0]) >= NODE_24_MAJORS[action], (
+                f"{workflow.name}: {uses} runs on Node 20"
+            )
+
+
+def test_ci_restores_the_venv_keyed_on_the_lock():
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["test"]["steps"]
+    cache = next(step for step in steps if step.get("uses", "").startswith("actions/cache@"))
+    assert cache["with"]["path"] == ".venv"
+    assert "hashFiles('requirements.lock')" in cache["with"]["key"]
