@@ -14,10 +14,12 @@ import argparse
 import dataclasses
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
+from dvclive import Live
 
 from mnistpipe.cli import run_stage
 from mnistpipe.config import PARAMS_FILE, Sections, Seed, load_sections
@@ -65,6 +67,20 @@ def history_csv(rows: tuple[EpochStats, ...]) -> str:
     return table.to_csv(index=False, float_format="%.6g")
 
 
+def live_logger(live: Live) -> Callable[[EpochStats], None]:
+    """Log each epoch's history columns to DVCLive as it ends, at step = the epoch, as the
+    history rounds them (6 significant digits): `dvc exp show` and `dvc plots` see the run
+    while it trains. No timestamps, so the files are the same bytes run to run."""
+
+    def log_epoch(stats: EpochStats) -> None:
+        live.step = stats.epoch
+        for name in HISTORY_COLUMNS[1:]:
+            live.log_metric(name, float(f"{getattr(stats, name):.6g}"))
+        live.next_step()
+
+    return log_epoch
+
+
 def timings_csv(rows: tuple[EpochStats, ...]) -> str:
     seconds = pd.DataFrame(
         {"epoch": [r.epoch for r in rows], "seconds": [r.seconds for r in rows]}
@@ -78,6 +94,7 @@ def train(
     params: TrainParams,
     runtime: RuntimeParams,
     seed: int,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> tuple[Checkpoint, TrainResult]:
     """Train on `data_dir`: the calibrated checkpoint of the best epoch, and the loop's result."""
     make_deterministic(seed, runtime.threads)
@@ -102,7 +119,8 @@ def train(
     if params.outliers_per_batch:
         outliers = torch.from_numpy(training_outliers(OUTLIER_IMAGES, seed)).to(device)
         log.info("outlier exposure: %d synthetic non-digits drawn", len(outliers))
-    result = fit(model, train_data, val_data, params, seed, outliers, sys.stderr.isatty())
+    progress = sys.stderr.isatty()
+    result = fit(model, train_data, val_data, params, seed, outliers, progress, on_epoch)
     checkpoint = Checkpoint(
         model_name=model_params.name,
         model_config=model_params.config,
@@ -146,11 +164,22 @@ def main(argv: list[str] | None = None) -> None:
         help="also write each epoch's wall seconds here (for the benchmark: never a DVC"
         " output, since timings differ run to run)",
     )
+    parser.add_argument(
+        "--live",
+        type=Path,
+        help="folder for DVCLive's per-epoch metrics and plots, written as each epoch ends"
+        " (dvc.yaml's dvclive/); none without it",
+    )
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
     params = load_sections(TrainSections, args.params)
 
-    checkpoint, result = train(args.data, params.model, params.train, params.runtime, params.seed)
+    sections = (params.model, params.train, params.runtime, params.seed)
+    if args.live is None:
+        checkpoint, result = train(args.data, *sections)
+    else:  # no dvc.yaml, experiment or report of DVCLive's own: dvc.yaml declares its files
+        with Live(str(args.live), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+            checkpoint, result = train(args.data, *sections, on_epoch=live_logger(live))
     save_checkpoint(args.model, checkpoint)
     write_text_atomic(args.history, history_csv(result.history))
     if args.timings is not None:

@@ -166,6 +166,8 @@ def run_chain(tmp_path, raw_dir, params, run):
         out / "model.pt",
         "--history",
         out / "history.csv",
+        "--live",
+        out / "live",
         "--params",
         params,
     )

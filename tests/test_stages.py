@@ -1,6 +1,7 @@
 """The stages as users run them: `python -m stages.<name>`, with one-line errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -91,11 +92,19 @@ def test_download_rejects_a_typo_in_params_before_any_work(tmp_path, raw_dir):
     assert "trying source" not in result.stderr
 
 
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.mark.slow
 def test_train_and_evaluate_are_reproducible_to_the_byte(tmp_path, raw_dir):
-    params = params_file(tmp_path, raw_dir)
-    first, paths = run_chain(tmp_path, raw_dir, params, "a")
-    second, _ = run_chain(tmp_path, raw_dir, params, "b")
+    """The same bytes on a rerun with another thread count (portable numerics), DVCLive's
+    per-epoch files included."""
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    first, paths = run_chain(tmp_path, raw_dir, params_file(tmp_path / "one", raw_dir), "a")
+    two_threads = params_file(tmp_path / "two", raw_dir, **{"threads: 1": "threads: 2"})
+    second, _ = run_chain(tmp_path, raw_dir, two_threads, "b")
+    assert files_of(first / "live") == files_of(second / "live")
     assert (first / "model.pt").read_bytes() == (second / "model.pt").read_bytes()
     assert (first / "model.onnx").read_bytes() == (second / "model.onnx").read_bytes()
     for path in paths.values():
@@ -110,12 +119,25 @@ def test_train_and_evaluate_are_reproducible_to_the_byte(tmp_path, raw_dir):
         "val_accuracy",
         "lr",
     ]  # no timings: the history is a DVC-tracked output, the same bytes on every rerun
+    check_live_metrics(first / "live", history)
     metrics = json.loads(paths["metrics"].read_text())
     assert metrics["test_images"] == 50
     predictions = pd.read_csv(paths["predictions"])
     wrong = int((predictions["actual"] != predictions["predicted"]).sum())
     assert metrics["misclassified"] == wrong
     assert len(pd.read_csv(paths["misclassified"])) == wrong
+
+
+def check_live_metrics(live: Path, history: pd.DataFrame) -> None:
+    """DVCLive's files hold the history's values at step = epoch, without timestamps."""
+    summary = json.loads((live / "metrics.json").read_text())
+    last = history.iloc[-1]
+    assert summary == {**{name: last[name] for name in history.columns[1:]}, "step": 2}
+    for name in history.columns[1:]:
+        table = pd.read_csv(live / "plots" / "metrics" / f"{name}.tsv", sep="\t")
+        assert list(table.columns) == ["step", name]  # no timestamp column
+        assert table["step"].tolist() == history["epoch"].tolist()
+        assert table[name].tolist() == history[name].tolist()
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -151,8 +152,10 @@ def fit(
     seed: int,
     outliers: torch.Tensor | None = None,
     show_progress: bool = True,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
-    """Train for `params.epochs` (with `outliers` as in `train_epoch`), logging each epoch."""
+    """Train for `params.epochs` (with `outliers` as in `train_epoch`), logging each epoch and
+    handing its stats to `on_epoch` as soon as it ends (the stage's live metrics)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, params)
     steps = params.epochs * math.ceil(len(train.labels) / params.batch_size)
@@ -187,6 +190,8 @@ def fit(
             *(stats.epoch, train_loss, train_accuracy, val_loss, val_accuracy, stats.seconds),
         )
         history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
         if best is None or val_accuracy > best.val_accuracy:
             weights = model.state_dict().items()
             best, best_state = stats, {k: v.detach().cpu().clone() for k, v in weights}
