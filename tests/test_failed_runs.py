@@ -85,7 +85,7 @@ def test_a_typo_in_conf_stops_make_repro_and_names_conf(pipeline_repo, old, new,
 def test_a_failing_stage_keeps_its_git_kept_outputs_and_says_how_to_restore(pipeline_repo):
     lock = (pipeline_repo / "dvc.lock").read_bytes()
     counts = (pipeline_repo / "metrics" / "class_counts.csv").read_bytes()
-    edit_config(pipeline_repo, {"  val_size: 500  #": "  val_size: 4999  #"})
+    edit_config(pipeline_repo, {"  val_size: 500\n": "  val_size: 4999\n"})
     result = run(["dvc", "repro"], pipeline_repo, check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr

@@ -297,7 +297,7 @@ def test_a_dataset_registered_by_the_guide_runs_through_the_pipeline(pipeline_re
 
     # The baseline keeps 5,000 training images (preprocess.subset), more than the guide's
     # dataset has here; 0, the repository's own value, keeps them all.
-    edit_config(pipeline_repo, {"  subset: 5000  #": "  subset: 0  #"})
+    edit_config(pipeline_repo, {"  subset: 5000\n": "  subset: 0\n"})
     new_dataset = guide.follow("A new dataset")
     guide.finish()
     for name, digest in md5.items():  # both ways of computing the MD5s print them

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -66,6 +66,8 @@ def rows(model: type[BaseModel], values: dict[str, Any], prefix: str) -> list[st
             lines += rows(nested, values[key], f"{prefix}{key}.")
             continue
         meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        if get_origin(nested) is Literal:  # a registry's names: say which, from the registry
+            meaning += "; one of " + ", ".join(f"`{choice}`" for choice in get_args(nested))
         lines.append(f"| `{prefix}{key}` | {shown(values[key])} | {meaning} |\n")
     return lines
 

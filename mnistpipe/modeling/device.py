@@ -41,8 +41,8 @@ class RuntimeParams(Config):
         " same for any count)"
     )
     numerics: Literal[tuple(MODES)] = Field(
-        description="CPU numerics (numerics.py): `portable` (the same bytes on any x86-64 CPU"
-        " with AVX2) or `fast` (oneDNN; the same CPU model and thread count only)"
+        description="CPU numerics (numerics.py): portable gives the same bytes on any x86-64"
+        " CPU with AVX2, fast (oneDNN) only on the same CPU model and thread count"
     )
 
 

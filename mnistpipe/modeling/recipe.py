@@ -61,7 +61,7 @@ class TrainParams(Config):
     epochs: int = Field(ge=1, description="passes over the training split")
     batch_size: int = Field(ge=1, description="training images per step")
     optimizer: Literal[tuple(OPTIMIZERS)] = Field(
-        description="`sgd` (Nesterov momentum), `adam`, `adamw` or `adadelta`"
+        description="the optimizer (`sgd` with Nesterov momentum)"
     )
     lr: float = Field(gt=0, description="peak learning rate of the schedule")
     momentum: Fraction = Field(description="sgd only")
@@ -69,7 +69,7 @@ class TrainParams(Config):
         ge=0, description="on weights, not on biases or batch-norm parameters"
     )
     schedule: Literal[tuple(SCHEDULES)] = Field(
-        description="`none`, `one-cycle`, `cosine` or `step`, stepped per batch"
+        description="the learning rate's schedule, stepped per batch"
     )
     step_gamma: Annotated[float, rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")] = Field(
         description="`step` schedule only: the learning rate's factor after each epoch"
