@@ -18,7 +18,7 @@ params: $(STAMP)
 	python -m tools.compose_params
 
 test: $(STAMP)
-	python -m pytest --durations=15
+	python -m pytest -n 2 --dist worksteal --durations=15
 
 # Everything but the slow tests (real downloads, DVC runs, the browser, the load test and the
 # benchmark): well under a minute.

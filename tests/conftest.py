@@ -8,11 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 
 from mnistpipe.data import idx
@@ -178,21 +180,42 @@ def edit_config(repo: Path, replacements: dict[str, str]) -> None:
     run([os.sys.executable, "-m", "tools.compose_params"], repo)
 
 
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder of the test session that `build` fills once, shared by pytest-xdist's workers
+    (each runs the session fixtures itself): the first to get the lock builds it."""
+    root = factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # the run's own
+    folder = root / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
+def build_baseline(folder: Path) -> None:
+    repo = copy_repo(folder / "repo")
+    edit_config(repo, TINY_PARAMS)
+    (folder / "trace").mkdir()
+    first = run(["dvc", "repro"], repo, trace=folder / "trace")
+    (folder / "first.json").write_text(json.dumps([first.stdout, first.stderr]))
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny run"], repo)
+
+
 @pytest.fixture(scope="session")
 def pipeline_baseline(tmp_path_factory: pytest.TempPathFactory):
     """A copy of the repository where `dvc repro` of tiny params ran and was committed, with
     bytecode written and what each process loaded recorded in the folder beside it, `trace`.
+    Built once per test run, whatever the number of workers.
 
     Returns the repository and the output of that first run (download included).
     """
-    repo = copy_repo(tmp_path_factory.mktemp("baseline") / "repo")
-    edit_config(repo, TINY_PARAMS)
-    trace = repo.parent / "trace"
-    trace.mkdir()
-    first = run(["dvc", "repro"], repo, trace=trace)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny run"], repo)
-    return repo, first
+    folder = built_once(tmp_path_factory, "baseline", build_baseline)
+    stdout, stderr = json.loads((folder / "first.json").read_text())
+    return folder / "repo", subprocess.CompletedProcess(["dvc", "repro"], 0, stdout, stderr)
 
 
 @pytest.fixture
@@ -208,8 +231,12 @@ def served(pipeline_baseline, tmp_path_factory):
     """(ONNX model path, processed-data folder): the fast recipe's CNN trained for 4 epochs
     with augmentation and outlier exposure on the baseline's real MNIST subset (about 97%
     test accuracy), exported by the export stage; its checkpoint lies beside it."""
-    repo, _ = pipeline_baseline
-    folder = tmp_path_factory.mktemp("served")
+    data = pipeline_baseline[0] / "data" / "processed"
+    folder = built_once(tmp_path_factory, "served", lambda folder: build_served(folder, data))
+    return folder / "model.onnx", data
+
+
+def build_served(folder: Path, data: Path) -> None:
     overrides = [
         "recipe=fast",
         "train.epochs=4",
@@ -221,7 +248,7 @@ def served(pipeline_baseline, tmp_path_factory):
         "train.outlier_weight=0.5",
     ]
     (folder / "params.yaml").write_text(compose(REPO, overrides))
-    model, data = folder / "model.pt", repo / "data" / "processed"
+    model = folder / "model.pt"
     run(
         [
             sys.executable,
@@ -245,7 +272,6 @@ def served(pipeline_baseline, tmp_path_factory):
         REPO,
     )
     (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.97}))
-    return onnx, data
 
 
 def non_digit_uploads() -> dict[str, list[bytes]]:
