@@ -17,10 +17,11 @@ repro: params
 params: $(STAMP)
 	python -m tools.compose_params
 
+# Both test targets run on 2 cores (pytest-xdist); the baseline pipeline is built once and
+# shared by the workers. `make test` prints its 15 slowest tests.
 test: $(STAMP)
 	python -m pytest -n 2 --dist worksteal --durations=15
 
-# Both run on the 2 cores (pytest-xdist); the baseline pipeline is built once and shared.
 # Everything but the slow tests (real downloads, DVC runs, the browser, the load test and the
 # benchmark): about 45 s.
 test-fast: $(STAMP)
