@@ -69,13 +69,25 @@ def write_results(
             print(f"{path:<{width}}  {label:>{label_width}}  {confidence:>10}  {score:>9.3f}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the module docstring's paragraphs and names each flag's default."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m apps.predict", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.predict", description=__doc__, formatter_class=HelpFormatter
+    )
     parser.add_argument("paths", type=Path, nargs="+", help="image files or folders of them")
     parser.add_argument(
         "--model", type=Path, default=DEFAULT_MODEL, help="exported ONNX model to use"
     )
-    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="how to print the answers: a table for people, CSV or JSON (one object per image)"
+        " for programs",
+    )
     parser.add_argument(
         "--guess",
         action="store_true",

@@ -15,12 +15,13 @@ import argparse
 import json
 import logging
 import socket
+from argparse import SUPPRESS
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from apps.predict import DEFAULT_MODEL
+from apps.predict import DEFAULT_MODEL, HelpFormatter
 from apps.webapp import create_app
 from mnistpipe.cli import run_stage
 from mnistpipe.config import PARAMS_FILE
@@ -61,7 +62,9 @@ def health(model: OnnxClassifier, metrics_path: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m apps.serve", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.serve", description=__doc__, formatter_class=HelpFormatter
+    )
     parser.add_argument(
         "--model", type=Path, default=DEFAULT_MODEL, help="exported ONNX model to serve"
     )
@@ -71,12 +74,22 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_METRICS,
         help="the model's test metrics, shown by /healthz if the file exists",
     )
-    parser.add_argument("--host", help="address to listen on (default: params serve.host)")
-    parser.add_argument("--port", type=int, help="port (default: params serve.port)")
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument(
+        "--host", default=SUPPRESS, help="address to listen on (default: params serve.host)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=SUPPRESS,
+        help="port; 0 = a free one (default: params serve.port)",
+    )
+    parser.add_argument(
+        "--params", type=Path, default=PARAMS_FILE, help="params file whose serve section is read"
+    )
     args = parser.parse_args(argv)
     params = load_serve_params(args.params)
-    params = with_flags(params, host=args.host, port=args.port)
+    given = {flag: value for flag, value in vars(args).items() if flag in ("host", "port")}
+    params = with_flags(params, **given)  # flags not given are absent (SUPPRESS)
     model = load_onnx(args.model)  # a bad model stops the server here, before it listens
     app = create_app(model, health(model, args.metrics), params)
     try:  # bound here, so a taken port is one clear line rather than uvicorn's exit

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -362,3 +363,17 @@ def test_predict_says_unknown_above_the_threshold_and_guesses_on_request(tmp_pat
         ).stdout.splitlines()
     ]
     assert records[1]["label"] == guess and records[1]["flagged"] is True
+
+
+@pytest.mark.parametrize("app", ["apps.predict", "apps.serve"])
+def test_help_gives_every_flag_its_meaning_and_default(app):
+    shown = subprocess.run(
+        [sys.executable, "-m", app, "--help"], cwd=REPO, capture_output=True, text=True
+    ).stdout
+    entries = re.split(r"\n  (?=-)", shown.split("\noptions:")[1])[1:]  # one per flag
+    flags = [entry.split()[0] for entry in entries]
+    assert "--model" in flags and len(flags) >= 4, shown
+    for entry in entries:
+        words = " ".join(entry.split())
+        if not words.startswith("-h"):
+            assert "(default: " in words and len(words) > 40, entry
