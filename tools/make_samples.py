@@ -1,0 +1,78 @@
+"""Write samples/: a few images to try the predict command and the page on.
+
+    python -m tools.make_samples [--out samples]
+
+Drawn digits (dark ink on a light page, as on paper), a printed letter, a page of noise, a dot
+and a black page: README's and docs/apps.md's predict example runs on them. Everything is
+drawn from fixed strokes and one seed, so the files are the same bytes on every run (a test
+checks the committed ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from mnistpipe.files import write_bytes_atomic
+from mnistpipe.modeling.synthetic import FONT_DIR
+
+PAGE = 112  # px, square
+PAPER, INK = 235, 25  # grey levels
+STROKE = 9  # px
+# digit -> its strokes, each a polyline of (x, y) in px on the page
+DIGITS = {
+    "one": [[(48, 30), (60, 20), (60, 92)]],
+    "two": [[(34, 38), (44, 24), (62, 20), (78, 30), (78, 48), (36, 90), (82, 90)]],
+    "seven": [[(30, 24), (84, 24), (52, 94)]],
+}
+SEED = 7  # the noise page
+
+
+def png(page: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(page.astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def drawn(strokes: list[list[tuple[int, int]]]) -> np.ndarray:
+    image = Image.new("L", (PAGE, PAGE), PAPER)
+    draw = ImageDraw.Draw(image)
+    for stroke in strokes:
+        draw.line(stroke, fill=INK, width=STROKE, joint="curve")
+    return np.asarray(image)
+
+
+def letter(text: str) -> np.ndarray:
+    image = Image.new("L", (PAGE, PAGE), PAPER)
+    font = ImageFont.truetype(str(FONT_DIR / "DejaVuSans.ttf"), 80)
+    ImageDraw.Draw(image).text((PAGE // 2, PAGE // 2), text, fill=INK, font=font, anchor="mm")
+    return np.asarray(image)
+
+
+def samples() -> dict[str, bytes]:
+    """File name -> PNG bytes."""
+    pages = {f"{name}.png": drawn(strokes) for name, strokes in DIGITS.items()}
+    pages["letter-k.png"] = letter("K")
+    pages["noise.png"] = np.random.default_rng(SEED).integers(0, 256, (PAGE, PAGE))
+    dot = np.full((PAGE, PAGE), PAPER)
+    dot[50:54, 60:64] = INK  # 4 px: a speck, under a fifth of the page
+    pages["dot.png"] = dot
+    pages["black.png"] = np.zeros((PAGE, PAGE))
+    return {name: png(page) for name, page in sorted(pages.items())}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.make_samples", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("samples"), help="folder to write")
+    args = parser.parse_args(argv)
+    for name, data in samples().items():
+        write_bytes_atomic(args.out / name, data)
+    print(f"make_samples: wrote {len(samples())} images to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
