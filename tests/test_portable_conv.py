@@ -17,6 +17,14 @@ from mnistpipe.modeling import portable_conv
 from mnistpipe.modeling.models import CNN, CNNConfig
 from tests.conftest import REPO
 
+
+@pytest.fixture(autouse=True, scope="module")
+def nnpack_initialized():
+    """As install() does first: NNPACK's kernels, called directly here, need it initialized
+    (otherwise a test passes only after another one ran a convolution through PyTorch)."""
+    assert torch._nnpack_available()
+
+
 # name: (batch, in, out, height, width, kernel, stride, padding, dilation, groups, bias)
 CASES = {
     "the default CNN's first layer (grad-weight kernel 28 px > 16)": (
