@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.make_samples", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("samples"), help="folder to write")
     args = parser.parse_args(argv)
-    for name, data in samples().items():
+    drawn = samples()
+    for name, data in drawn.items():
         write_bytes_atomic(args.out / name, data)
-    print(f"make_samples: wrote {len(samples())} images to {args.out}")
+    print(f"make_samples: wrote {len(drawn)} images to {args.out}")
 
 
 if __name__ == "__main__":
