@@ -18,7 +18,7 @@ from mnistpipe.config import PARAMS_FILE, Config, Seed, parse, read_params
 from mnistpipe.data.datasets import DataParams
 from mnistpipe.data.processed import PreprocessParams
 from mnistpipe.data.sources import DownloadParams
-from mnistpipe.deploy.onnx_model import ExportParams
+from mnistpipe.deploy.export_params import ExportParams
 from mnistpipe.deploy.serving import ServeParams
 from mnistpipe.modeling.device import RuntimeParams
 from mnistpipe.modeling.metrics import EvaluateParams

@@ -50,7 +50,18 @@ from mnistpipe.modeling.metrics import (
     summary_metrics,
 )
 from mnistpipe.modeling.models import predict_logits
-from mnistpipe.modeling.page_scores import FOREIGN, foreign_pages, right_answers, scored_pages
+from mnistpipe.modeling.page_scores import (
+    FOREIGN,
+    OUTCOMES,
+    RIGHT,
+    foreign_pages,
+    outcomes,
+    photo_metric,
+    right_answers,
+    scored_pages,
+    scored_photos,
+)
+from mnistpipe.modeling.photos import photos
 from mnistpipe.modeling.synthetic import OOD_KINDS, ood_pages
 
 log = logging.getLogger("evaluate")
@@ -71,6 +82,7 @@ OUTPUTS = (
     "misclassified",
     "calibration",
     "ood",
+    "photos",
 )
 
 
@@ -110,6 +122,13 @@ def main(argv: list[str] | None = None) -> None:
         ignore_index=True,
     )
     metrics |= ood_metrics(scores, predicted == labels, ood_table, checkpoint.ood_threshold)
+    count = params.photos if meta.classes == DIGITS else 0  # other datasets are not digits
+    workers = torch.get_num_threads()  # runtime.threads, or every core
+    taken = photos(test.images, test.labels.astype(np.int64), count, seed, workers)
+    photo_table = scored_photos(taken, model, checkpoint.temperature, batch, workers)
+    photo_table["outcome"] = outcomes(photo_table, checkpoint.ood_threshold)
+    if count:
+        metrics |= photo_metrics(photo_table)
 
     write_text_atomic(args.metrics, json.dumps(metrics, indent=2) + "\n")
     write_text_atomic(args.confusion, confusion_table(labels, predicted, meta.classes).to_csv())
@@ -120,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(args.misclassified, misclassified.to_csv(index=False))
     write_text_atomic(args.calibration, reliability.to_csv(index=False))
     write_text_atomic(args.ood, ood_table.to_csv(index=False))
+    write_text_atomic(args.photos, photo_table.to_csv(index=False))
     log.info(
         "%s threshold %.4f flags %.2f%% of the test digits; rejected: %s",
         ood.SCORE_NAME,
@@ -180,6 +200,19 @@ def ood_metrics(
             metrics[ood.metric(kind, "answered_right")] = round(float(answered_right.mean()), 6)
         else:
             metrics[ood.metric(kind, "auroc")] = round(ood.auroc(test_scores, scores), 6)
+    return metrics
+
+
+def photo_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Per condition of the photos, the share of each outcome (page_scores.OUTCOMES), and the
+    share answered right over all of them."""
+    metrics = {}
+    for condition, rows in table.groupby("condition", sort=False):
+        shares = rows["outcome"].value_counts(normalize=True)
+        for outcome in OUTCOMES:
+            key = photo_metric(str(condition), outcome)
+            metrics[key] = round(float(shares.get(outcome, 0.0)), 6)
+    metrics["photo_answered_right"] = round(float((table["outcome"] == RIGHT).mean()), 6)
     return metrics
 
 

@@ -25,12 +25,12 @@ from mnistpipe.cli import run_stage
 from mnistpipe.config import PARAMS_FILE, Sections, load_sections
 from mnistpipe.data import processed
 from mnistpipe.data.datasets import DATASETS
+from mnistpipe.deploy.export_params import ExportParams
 from mnistpipe.deploy.onnx_model import (
     INPUT,
     LOGITS,
     OOD_SCORE,
     PROBABILITIES,
-    ExportParams,
     Metadata,
     finish,
     load_onnx,

@@ -166,6 +166,7 @@ TINY_PARAMS = {
     "  val_size: 5000\n": "  val_size: 500\n",
     "  epochs: 6\n": "  epochs: 1\n",
     "  batch_size: 128\n": "  batch_size: 64\n",
+    "  photos: 200\n": "  photos: 4\n",
 }
 
 

@@ -103,6 +103,7 @@ export:
   tolerance: 1.0e-4
 evaluate:
   batch_size: 16
+  photos: 2
 report:
   misclassified_shown: 16
   samples_shown: 8

@@ -8,7 +8,7 @@ from mnistpipe.config import read_params
 from mnistpipe.data.datasets import DATASETS
 from mnistpipe.data.processed import PreprocessParams
 from mnistpipe.data.sources import DownloadParams
-from mnistpipe.deploy.onnx_model import ExportParams
+from mnistpipe.deploy.export_params import ExportParams
 from mnistpipe.errors import PipelineError
 from mnistpipe.modeling.models import MODELS, CNNConfig
 from mnistpipe.params import Params, load_params
@@ -63,6 +63,7 @@ export:
   tolerance: 1.0e-5
 evaluate:
   batch_size: 500
+  photos: 10
 report:
   misclassified_shown: 32
   samples_shown: 32

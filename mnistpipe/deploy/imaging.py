@@ -11,6 +11,7 @@ crops to the ink, scales the longer side to 20 px and centres it by mass.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage as ndi
 
 from mnistpipe.errors import PipelineError
 
@@ -29,6 +31,17 @@ MIN_CONTRAST = 32.0  # ink must differ from the paper by this much (0-255) to co
 # 20/28 = 71% of theirs; a fifth still takes a digit photographed 3.5 times smaller, and
 # refuses a dot or a speck, which scaling to 20x20 would otherwise blow up into a blob.
 MIN_INK_SPAN = 0.2
+WORK_SIDE = 800  # px: larger images are shrunk to this longer side as they are decoded
+SMALL_PAGE = 64  # px: a shorter side under this is a drawing or an MNIST image, evenly lit
+BACKGROUND_SIDE = 48  # px: the shorter side of the image the paper's level is estimated on
+BACKGROUND_WINDOW = 13  # px at that size: wider than a marker's stroke on a filled page
+BACKGROUND_SIGMA = 2.0  # px at that size: how far the paper is interpolated under the ink
+NOISE_SIGMAS = 4.0  # ink stands out of the paper by this many deviations of the noise
+INK_SHARE = 0.4  # and by this share of the strongest ink (a notebook's lines are fainter)
+LINE_SPAN = 0.85  # a straight run over this share of the page is a notebook's line
+MIN_PIECE = 0.04  # pieces of a digit have at least this share of its largest piece's area
+PIECE_GAP = 0.3  # and lie within this share of the digit's size of it
+WIDTH_RANGE = (0.09, 0.22)  # MNIST's stroke widths, as shares of the digit's longer side
 
 
 class ImageError(PipelineError):
@@ -58,11 +71,18 @@ def load_grey(source: str | Path | BinaryIO, name: str | None = None) -> np.ndar
                         f" is over the limit of {MAX_PIXELS:,}"
                     )
                 image.seek(0)  # the first frame of an animated GIF or multi-page TIFF
+                # A JPEG decodes at 1/2 to 1/8 of its size when that still leaves WORK_SIDE
+                # px: a 12-megapixel photo in a tenth of the time (no-op for other formats).
+                scale = WORK_SIDE / max(width, height)
+                image.draft("L", (math.ceil(width * scale), math.ceil(height * scale)))
                 image = ImageOps.exif_transpose(image)
                 if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                     paper = Image.new("RGBA", image.size, "white")
                     image = Image.alpha_composite(paper, image.convert("RGBA"))
-                return np.asarray(image.convert("L"), dtype=np.float32)
+                image = image.convert("L")
+                if max(image.size) > WORK_SIDE:
+                    image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+                return np.asarray(image, dtype=np.float32)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except UnidentifiedImageError:
@@ -73,27 +93,115 @@ def load_grey(source: str | Path | BinaryIO, name: str | None = None) -> np.ndar
         raise ImageError(f"{path}: unreadable image ({exc})") from None
 
 
-def ink_map(grey: np.ndarray) -> np.ndarray:
-    """Ink intensity 0-1 on a zero background: inverted when the paper is lighter than the ink.
+def background(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """(H, W) float32 level of the paper under every pixel, shadows and vignetting included.
 
-    The paper's level is the median of the image border, which is paper on any sensible
-    picture of one digit.
+    On the image shrunk to about 48 px (fast): a morphological closing (opening for light
+    ink) wider than any stroke wipes out the strokes however much of its window they cover;
+    where it left ink-like bumps (it lifts the foot of a shadow's edge), the paper is then
+    interpolated from its surroundings, the ink left out (normalised convolution). Small
+    images (a drawing, MNIST's own format) take the border's median.
     """
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    paper = float(np.median(border))
-    ink = (paper - grey) if paper > 127.5 else (grey - paper)
-    ink = np.clip(ink, 0.0, None)
-    if ink.max() < MIN_CONTRAST:
+    if min(grey.shape) < SMALL_PAGE:
+        return np.full(grey.shape, np.median(border), dtype=np.float32)
+    factor = min(grey.shape) / BACKGROUND_SIDE
+    size = (round(grey.shape[1] / factor), round(grey.shape[0] / factor))
+    small = np.asarray(
+        Image.fromarray(grey, mode="F").resize(size, Image.Resampling.BOX), dtype=np.float32
+    )
+    close = ndi.grey_closing if dark_ink else ndi.grey_opening
+    closed = close(small, size=BACKGROUND_WINDOW, mode="nearest")
+    ink = (closed - small) if dark_ink else (small - closed)
+    paper_weight = ~ndi.binary_dilation(ink > max(MIN_CONTRAST / 2, INK_SHARE / 2 * ink.max()))
+    weight = ndi.gaussian_filter(paper_weight.astype(np.float32), BACKGROUND_SIGMA)
+    spread = ndi.gaussian_filter(small * paper_weight, BACKGROUND_SIGMA)
+    paper = np.where(weight > 0.05, spread / np.maximum(weight, 0.05), closed)
+    paper = Image.fromarray(paper, mode="F").resize(grey.shape[::-1], Image.Resampling.BILINEAR)
+    return np.asarray(paper, dtype=np.float32)
+
+
+def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ink of a picture of one digit: its (H, W) float32 ink level on a zero background
+    (levels above the paper's, light ink or inverted dark ink), and the (H, W) bool mask of
+    the digit's strokes, without noise, specks or a notebook's lines.
+
+    Ink is what stands out of the paper by more than the noise (`NOISE_SIGMAS` times its
+    robust deviation) and by more than `INK_SHARE` of the strongest ink; its connected
+    components are the digit's strokes when they are near the largest one and not specks.
+    Blank, faint and speck-sized ink is refused (`NoInkError`).
+    """
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    dark_ink = float(np.median(border)) > 127.5
+    paper = background(grey, dark_ink)
+    ink = (paper - grey) if dark_ink else (grey - paper)  # noise around 0, ink above
+    smooth = ndi.uniform_filter(ink, 3)  # a third of the noise, strokes barely touched
+    strength = float(smooth.max())
+    if strength < MIN_CONTRAST:
         raise NoInkError("no ink found (the image is blank or has too little contrast)")
-    ink /= ink.max()
-    rows, cols = np.nonzero(ink > 0.5)
-    span = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+    noise = 1.4826 * float(np.median(np.abs(smooth - np.median(smooth))))
+    mask = smooth > max(NOISE_SIGMAS * noise, INK_SHARE * strength)
+    mask &= ~notebook_lines(mask)
+    strokes = digit_components(mask)
+    rows, cols = np.nonzero(strokes)
+    span = max(np.ptp(rows), np.ptp(cols)) + 1 if len(rows) else 0
     if span < MIN_INK_SPAN * min(grey.shape):
         raise NoInkError(
             f"too little ink for a digit: it spans {span} px, under {MIN_INK_SPAN:.0%} of the"
             f" image's shorter side ({min(grey.shape)} px); a dot or a speck"
         )
-    return ink
+    return np.clip(ink, 0.0, None), strokes
+
+
+def notebook_lines(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of `mask` on straight lines that cross the page, horizontal or
+    vertical (ruled and squared paper): runs of a third of the page that join up into a line
+    over `LINE_SPAN` of it. A digit's straight stroke is shorter than that."""
+    lines = np.zeros_like(mask)
+    for axis in (0, 1):
+        length = max(3, mask.shape[axis] // 3)
+        # An opening by a line of `length` px; 1-D min and max filters take O(1) per pixel.
+        eroded = ndi.minimum_filter1d(mask.view(np.uint8), length, axis=axis)
+        runs = ndi.maximum_filter1d(eroded, length, axis=axis).astype(bool)
+        labels, _ = ndi.label(runs)
+        for index, box in enumerate(ndi.find_objects(labels), start=1):
+            extent = box[axis].stop - box[axis].start
+            if extent >= LINE_SPAN * mask.shape[axis]:
+                lines[box] |= labels[box] == index
+    return ndi.binary_dilation(lines, iterations=1) & mask  # the lines' anti-aliased rims
+
+
+def digit_components(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the connected components (8-connected) of `mask` that form the digit: the
+    largest, and those of at least `MIN_PIECE` of its area whose boxes come within
+    `PIECE_GAP` of the digit's size of the box so far (a broken stroke, a 5's cap)."""
+    labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        raise NoInkError("no ink found (only noise stands out of the paper)")
+    areas = np.bincount(labels.ravel())[1:]
+    boxes = ndi.find_objects(labels)
+    order = np.argsort(-areas, kind="stable")
+    top, left, bottom, right = _box(boxes[order[0]])
+    keep = [order[0]]
+    for index in order[1:]:
+        if areas[index] < MIN_PIECE * areas[order[0]]:
+            break
+        t, lft, b, r = _box(boxes[index])
+        gap = PIECE_GAP * max(bottom - top, right - left)
+        if t < bottom + gap and b > top - gap and lft < right + gap and r > left - gap:
+            keep.append(index)
+            top, left, bottom, right = min(top, t), min(left, lft), max(bottom, b), max(right, r)
+    return np.isin(labels, np.array(keep) + 1)
+
+
+def _box(box: tuple[slice, slice]) -> tuple[int, int, int, int]:
+    return box[0].start, box[1].start, box[0].stop, box[1].stop
+
+
+def stroke_width(strokes: np.ndarray) -> float:
+    """The strokes' mean width in px: twice their area over their outline's length."""
+    outline = strokes & ~ndi.binary_erosion(strokes)
+    return 2.0 * float(strokes.sum()) / max(1.0, float(outline.sum()))
 
 
 def centre_by_mass(digit: np.ndarray) -> np.ndarray:
@@ -112,21 +220,40 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
     """(H, W) grey levels -> (28, 28) uint8 MNIST-style image: light digit on black.
 
     A 28x28 image that is already light on dark is taken as it is: it is in MNIST's format.
-    Blank, faint and speck-sized ink is refused (`NoInkError`) in both cases, light or dark.
+    Otherwise the digit's strokes (`ink_strokes`) are cropped, their ink scaled so that a
+    stroke's core is full, their width brought into MNIST's range, and the longer side fitted
+    to 20 px and centred by mass. Blank, faint and speck-sized ink is refused (`NoInkError`).
     """
-    ink = ink_map(grey)
+    ink, strokes = ink_strokes(grey)
     if grey.shape == (CANVAS, CANVAS) and np.median(grey) <= 127.5:
         return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
-    rows, cols = np.nonzero(ink > 0.05)  # faint noise does not stretch the box
-    ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    height, width = ink.shape
+    rows, cols = np.nonzero(strokes)
+    box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+    core = float(np.percentile(ink[strokes], 90))  # a stroke's middle, not its rim
+    near = ndi.binary_dilation(strokes, iterations=2)[box]  # the rims, anti-aliased
+    digit = np.clip(ink[box] / core, 0.0, 1.0) * near
+    digit = normalise_width(digit, strokes[box])
+    height, width = digit.shape
     scale = BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     # Area averaging when shrinking is the anti-aliasing MNIST used; bilinear when enlarging.
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    digit = np.asarray(Image.fromarray(ink, mode="F").resize(size, resample), dtype=np.float32)
+    digit = np.asarray(Image.fromarray(digit, mode="F").resize(size, resample), dtype=np.float32)
     canvas = centre_by_mass(np.clip(digit, 0.0, 1.0))
     return np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8)
+
+
+def normalise_width(digit: np.ndarray, strokes: np.ndarray) -> np.ndarray:
+    """Thin pencil widened and thick marker narrowed (a max or min filter) into the range of
+    MNIST's stroke widths, relative to the digit's size: `WIDTH_RANGE` of its longer side."""
+    span = max(digit.shape)
+    width = stroke_width(strokes)
+    low, high = (share * span for share in WIDTH_RANGE)
+    if width < low:
+        return ndi.maximum_filter(digit, size=round(low - width) | 1)
+    if width > high:
+        return ndi.minimum_filter(digit, size=round(width - high) | 1)
+    return digit
 
 
 def find_images(paths: list[Path]) -> list[Path]:

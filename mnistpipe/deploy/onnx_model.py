@@ -22,9 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import Field
 
-from mnistpipe.config import Config
 from mnistpipe.data.idx import IMAGE_SHAPE
 from mnistpipe.errors import PipelineError
 
@@ -34,18 +32,6 @@ if TYPE_CHECKING:  # the onnx package is only for writing (export): the apps sta
 ONNX_FORMAT = "2"  # the `format` metadata value: bumped when the graph's contract changes
 INPUT, LOGITS, PROBABILITIES, OOD_SCORE = "images", "logits", "probabilities", "ood_score"
 BATCH_SIZE = 32  # images per run: 24-64 gave the most images/s on 2 cores (benchmarks/)
-
-
-class ExportParams(Config):
-    # 18 is the oldest opset the dynamo exporter writes, 23 the newest the pinned onnxruntime runs
-    opset: int = Field(ge=18, le=23, description="ONNX opset of `models/model.onnx` (18-23)")
-    tolerance: float = Field(
-        gt=0,
-        le=0.01,
-        description="the largest logit or OOD-score difference from PyTorch allowed on the"
-        " validation split (float32 rounding gives about 1e-6); more, or another class for any"
-        " image, fails the stage",
-    )
 
 
 @dataclass(frozen=True)

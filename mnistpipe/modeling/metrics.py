@@ -19,6 +19,13 @@ class EvaluateParams(Config):
     batch_size: int = Field(
         ge=1, description="images per inference batch; does not change the results"
     )
+    photos: int = Field(
+        ge=0,
+        le=10_000,
+        description="test digits photographed under each condition of"
+        " mnistpipe/modeling/photos.py and read through the predict command's decoding and"
+        " preprocessing (digits datasets only; 0 skips them)",
+    )
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -6,18 +6,27 @@ its OOD table and metrics; the benchmarks use the same ones, so each check exist
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import torch
 
 from mnistpipe.data.idx import IMAGE_SHAPE
-from mnistpipe.deploy.imaging import ImageError, foreign_digit_pages, to_mnist
+from mnistpipe.deploy.imaging import ImageError, foreign_digit_pages, prepare_bytes, to_mnist
 from mnistpipe.modeling import ood
 from mnistpipe.modeling.calibration import softmax
 from mnistpipe.modeling.models import predict_logits
+from mnistpipe.modeling.photos import Photo
 from mnistpipe.modeling.synthetic import Page
 
 FOREIGN = "foreign digits"  # the OOD table's kind for foreign_pages
+# What became of a picture of a digit: answered with its class; answered with another;
+# flagged as not looking like a digit; refused by the preprocessing (no ink, a speck).
+RIGHT = "answered_right"
+OUTCOMES = (RIGHT, "wrong", "flagged", "refused")
 
 
 def foreign_pages() -> list[Page]:
@@ -29,13 +38,30 @@ def foreign_pages() -> list[Page]:
 def prepare_pages(pages: list[Page]) -> tuple[np.ndarray, np.ndarray]:
     """The (M, 28, 28) uint8 images of the pages that the preprocessing accepts, and the (N,)
     bool mask of those it refused (blank, faint or speck ink: imaging.NoInkError)."""
-    images, refused = [], []
-    for page, _ in pages:
-        try:
-            images.append(to_mnist(page))
-            refused.append(False)
-        except ImageError:
-            refused.append(True)
+    return _prepared([partial(to_mnist, page) for page, _ in pages])
+
+
+def prepare_photos(photos: list[Photo], workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """`prepare_pages` for photo files, decoded as the predict command decodes them, on
+    `workers` threads (Pillow, NumPy and SciPy let go of the GIL for the heavy parts)."""
+    conversions = [partial(prepare_bytes, photo.data, photo.name) for photo in photos]
+    return _prepared(conversions, workers)
+
+
+def _accepted(convert: Callable[[], np.ndarray]) -> np.ndarray | None:
+    try:
+        return convert()
+    except ImageError:
+        return None
+
+
+def _prepared(
+    conversions: list[Callable[[], np.ndarray]], workers: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    with ThreadPoolExecutor(max(1, workers)) as executor:
+        prepared = list(executor.map(_accepted, conversions))
+    images = [image for image in prepared if image is not None]
+    refused = [image is None for image in prepared]
     stacked = np.stack(images) if images else np.empty((0, *IMAGE_SHAPE), np.uint8)
     return stacked, np.array(refused, dtype=bool)
 
@@ -46,10 +72,38 @@ def scored_pages(
     """One row per page, prepared as the predict command does: what it is, whether the
     preprocessing refused it, and for those it did not the model's class, its calibrated
     probability and the OOD score (empty for refused pages)."""
-    images, refused = prepare_pages(pages)
+    table = pd.DataFrame({"kind": kind, "item": [name for _, name in pages]})
+    return _scored(table, *prepare_pages(pages), model, temperature, batch_size)
+
+
+def scored_photos(
+    photos: list[Photo],
+    model: torch.nn.Module,
+    temperature: float,
+    batch_size: int,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """`scored_pages` for photos: one row per photo with its condition, file name and label;
+    prepared on `workers` threads."""
     table = pd.DataFrame(
-        {"kind": kind, "item": [name for _, name in pages], "refused": refused},
+        {
+            "condition": [photo.condition for photo in photos],
+            "file": [photo.name for photo in photos],
+            "label": [photo.label for photo in photos],
+        }
     )
+    return _scored(table, *prepare_photos(photos, workers), model, temperature, batch_size)
+
+
+def _scored(
+    table: pd.DataFrame,
+    images: np.ndarray,
+    refused: np.ndarray,
+    model: torch.nn.Module,
+    temperature: float,
+    batch_size: int,
+) -> pd.DataFrame:
+    table["refused"] = refused
     table["predicted"] = pd.Series(pd.NA, index=table.index, dtype="Int64")
     table["confidence"], table["ood_score"] = np.nan, np.nan
     if len(images):
@@ -66,3 +120,19 @@ def right_answers(table: pd.DataFrame) -> pd.Series:
     """Per row of a `scored_pages` table of digits: the class is the digit its page shows
     (refused pages are not right)."""
     return (table["predicted"].astype("string") == table["item"]).fillna(False)
+
+
+def outcomes(table: pd.DataFrame, threshold: float) -> pd.Series:
+    """Per row of a `scored_photos` table, its outcome (one of OUTCOMES) under the threshold."""
+    flagged = ood.flagged(table["ood_score"].fillna(-np.inf).to_numpy(), threshold)
+    right = (table["predicted"] == table["label"]).fillna(False).to_numpy(dtype=bool)
+    outcome = np.where(right, RIGHT, "wrong")
+    outcome = np.where(flagged, "flagged", outcome)
+    outcome = np.where(table["refused"].to_numpy(dtype=bool), "refused", outcome)
+    return pd.Series(outcome, index=table.index)
+
+
+def photo_metric(condition: str, outcome: str) -> str:
+    """The metrics.json key of one outcome's share under one condition: ("colour pen",
+    "flagged") -> "photo_colour_pen_flagged"."""
+    return f"photo_{condition.replace(' ', '_')}_{outcome}"
