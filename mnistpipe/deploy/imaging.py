@@ -19,8 +19,8 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy import ndimage as ndi
 
+from mnistpipe.deploy import ink
 from mnistpipe.errors import PipelineError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -33,9 +33,6 @@ MIN_CONTRAST = 32.0  # ink must differ from the paper by this much (0-255) to co
 MIN_INK_SPAN = 0.2
 WORK_SIDE = 800  # px: larger images are shrunk to this longer side as they are decoded
 SMALL_PAGE = 64  # px: a shorter side under this is a drawing or an MNIST image, evenly lit
-BACKGROUND_SIDE = 48  # px: the shorter side of the image the paper's level is estimated on
-BACKGROUND_WINDOW = 13  # px at that size: wider than a marker's stroke on a filled page
-BACKGROUND_SIGMA = 2.0  # px at that size: how far the paper is interpolated under the ink
 NOISE_SIGMAS = 4.0  # ink stands out of the paper by this many deviations of the noise
 INK_SHARE = 0.4  # and by this share of the strongest ink (a notebook's lines are fainter)
 LINE_SPAN = 0.85  # a straight run over this share of the page is a notebook's line
@@ -93,34 +90,6 @@ def load_grey(source: str | Path | BinaryIO, name: str | None = None) -> np.ndar
         raise ImageError(f"{path}: unreadable image ({exc})") from None
 
 
-def background(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
-    """(H, W) float32 level of the paper under every pixel, shadows and vignetting included.
-
-    On the image shrunk to about 48 px (fast): a morphological closing (opening for light
-    ink) wider than any stroke wipes out the strokes however much of its window they cover;
-    where it left ink-like bumps (it lifts the foot of a shadow's edge), the paper is then
-    interpolated from its surroundings, the ink left out (normalised convolution). Small
-    images (a drawing, MNIST's own format) take the border's median.
-    """
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if min(grey.shape) < SMALL_PAGE:
-        return np.full(grey.shape, np.median(border), dtype=np.float32)
-    factor = min(grey.shape) / BACKGROUND_SIDE
-    size = (round(grey.shape[1] / factor), round(grey.shape[0] / factor))
-    small = np.asarray(
-        Image.fromarray(grey, mode="F").resize(size, Image.Resampling.BOX), dtype=np.float32
-    )
-    close = ndi.grey_closing if dark_ink else ndi.grey_opening
-    closed = close(small, size=BACKGROUND_WINDOW, mode="nearest")
-    ink = (closed - small) if dark_ink else (small - closed)
-    paper_weight = ~ndi.binary_dilation(ink > max(MIN_CONTRAST / 2, INK_SHARE / 2 * ink.max()))
-    weight = ndi.gaussian_filter(paper_weight.astype(np.float32), BACKGROUND_SIGMA)
-    spread = ndi.gaussian_filter(small * paper_weight, BACKGROUND_SIGMA)
-    paper = np.where(weight > 0.05, spread / np.maximum(weight, 0.05), closed)
-    paper = Image.fromarray(paper, mode="F").resize(grey.shape[::-1], Image.Resampling.BILINEAR)
-    return np.asarray(paper, dtype=np.float32)
-
-
 def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ink of a picture of one digit: its (H, W) float32 ink level on a zero background
     (levels above the paper's, light ink or inverted dark ink), and the (H, W) bool mask of
@@ -133,15 +102,19 @@ def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     dark_ink = float(np.median(border)) > 127.5
-    paper = background(grey, dark_ink)
-    ink = (paper - grey) if dark_ink else (grey - paper)  # noise around 0, ink above
-    smooth = ndi.uniform_filter(ink, 3)  # a third of the noise, strokes barely touched
+    if min(grey.shape) < SMALL_PAGE:  # a drawing or an MNIST image, evenly lit
+        paper = np.full(grey.shape, np.median(border), dtype=np.float32)
+    else:
+        paper = ink.background(grey, dark_ink)
+    level = (paper - grey) if dark_ink else (grey - paper)  # noise around 0, ink above
+    smooth = ink.box_mean(level, 3)  # a third of the noise, strokes barely touched
     strength = float(smooth.max())
     if strength < MIN_CONTRAST:
         raise NoInkError("no ink found (the image is blank or has too little contrast)")
-    noise = 1.4826 * float(np.median(np.abs(smooth - np.median(smooth))))
+    sample = smooth[::2, ::2]  # a quarter of the pixels tell the noise as well, in less time
+    noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
     mask = smooth > max(NOISE_SIGMAS * noise, INK_SHARE * strength)
-    mask &= ~notebook_lines(mask)
+    mask &= ~ink.notebook_lines(mask, LINE_SPAN)
     strokes = digit_components(mask)
     rows, cols = np.nonzero(strokes)
     span = max(np.ptp(rows), np.ptp(cols)) + 1 if len(rows) else 0
@@ -150,57 +123,35 @@ def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             f"too little ink for a digit: it spans {span} px, under {MIN_INK_SPAN:.0%} of the"
             f" image's shorter side ({min(grey.shape)} px); a dot or a speck"
         )
-    return np.clip(ink, 0.0, None), strokes
-
-
-def notebook_lines(mask: np.ndarray) -> np.ndarray:
-    """(H, W) bool: the pixels of `mask` on straight lines that cross the page, horizontal or
-    vertical (ruled and squared paper): runs of a third of the page that join up into a line
-    over `LINE_SPAN` of it. A digit's straight stroke is shorter than that."""
-    lines = np.zeros_like(mask)
-    for axis in (0, 1):
-        length = max(3, mask.shape[axis] // 3)
-        # An opening by a line of `length` px; 1-D min and max filters take O(1) per pixel.
-        eroded = ndi.minimum_filter1d(mask.view(np.uint8), length, axis=axis)
-        runs = ndi.maximum_filter1d(eroded, length, axis=axis).astype(bool)
-        labels, _ = ndi.label(runs)
-        for index, box in enumerate(ndi.find_objects(labels), start=1):
-            extent = box[axis].stop - box[axis].start
-            if extent >= LINE_SPAN * mask.shape[axis]:
-                lines[box] |= labels[box] == index
-    return ndi.binary_dilation(lines, iterations=1) & mask  # the lines' anti-aliased rims
+    return np.clip(level, 0.0, None), strokes
 
 
 def digit_components(mask: np.ndarray) -> np.ndarray:
     """(H, W) bool: the connected components (8-connected) of `mask` that form the digit: the
     largest, and those of at least `MIN_PIECE` of its area whose boxes come within
     `PIECE_GAP` of the digit's size of the box so far (a broken stroke, a 5's cap)."""
-    labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
+    found = ink.components(mask)
+    if found.count == 0:
         raise NoInkError("no ink found (only noise stands out of the paper)")
-    areas = np.bincount(labels.ravel())[1:]
-    boxes = ndi.find_objects(labels)
+    areas, boxes = found.areas, found.boxes
     order = np.argsort(-areas, kind="stable")
-    top, left, bottom, right = _box(boxes[order[0]])
+    top, left, bottom, right = boxes[order[0]]
     keep = [order[0]]
     for index in order[1:]:
         if areas[index] < MIN_PIECE * areas[order[0]]:
             break
-        t, lft, b, r = _box(boxes[index])
+        t, lft, b, r = boxes[index]
         gap = PIECE_GAP * max(bottom - top, right - left)
         if t < bottom + gap and b > top - gap and lft < right + gap and r > left - gap:
             keep.append(index)
             top, left, bottom, right = min(top, t), min(left, lft), max(bottom, b), max(right, r)
-    return np.isin(labels, np.array(keep) + 1)
-
-
-def _box(box: tuple[slice, slice]) -> tuple[int, int, int, int]:
-    return box[0].start, box[1].start, box[0].stop, box[1].stop
+    return found.mask(np.array(keep))
 
 
 def stroke_width(strokes: np.ndarray) -> float:
     """The strokes' mean width in px: twice their area over their outline's length."""
-    outline = strokes & ~ndi.binary_erosion(strokes)
+    framed = np.pad(strokes, 1)  # paper around, so that the box's edge is an outline too
+    outline = framed & ~ink.rank_filter(framed, 3, largest=False)
     return 2.0 * float(strokes.sum()) / max(1.0, float(outline.sum()))
 
 
@@ -224,14 +175,14 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
     stroke's core is full, their width brought into MNIST's range, and the longer side fitted
     to 20 px and centred by mass. Blank, faint and speck-sized ink is refused (`NoInkError`).
     """
-    ink, strokes = ink_strokes(grey)
+    level, strokes = ink_strokes(grey)
     if grey.shape == (CANVAS, CANVAS) and np.median(grey) <= 127.5:
         return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
     rows, cols = np.nonzero(strokes)
     box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
-    core = float(np.percentile(ink[strokes], 90))  # a stroke's middle, not its rim
-    near = ndi.binary_dilation(strokes, iterations=2)[box]  # the rims, anti-aliased
-    digit = np.clip(ink[box] / core, 0.0, 1.0) * near
+    core = float(np.percentile(level[strokes], 90))  # a stroke's middle, not its rim
+    near = ink.rank_filter(np.pad(strokes[box], 2), 5, largest=True)[2:-2, 2:-2]  # the rims
+    digit = np.clip(level[box] / core, 0.0, 1.0) * near
     digit = normalise_width(digit, strokes[box])
     height, width = digit.shape
     scale = BOX / max(height, width)
@@ -250,9 +201,10 @@ def normalise_width(digit: np.ndarray, strokes: np.ndarray) -> np.ndarray:
     width = stroke_width(strokes)
     low, high = (share * span for share in WIDTH_RANGE)
     if width < low:
-        return ndi.maximum_filter(digit, size=round(low - width) | 1)
+        return ink.rank_filter(digit, round(low - width) | 1, largest=True)
     if width > high:
-        return ndi.minimum_filter(digit, size=round(width - high) | 1)
+        # at most half the width off, so that a blob (a dot) keeps its core
+        return ink.rank_filter(digit, int(min(width - high, width / 2)) | 1, largest=False)
     return digit
 
 
