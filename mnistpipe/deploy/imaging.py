@@ -100,13 +100,20 @@ def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     components are the digit's strokes when they are near the largest one and not specks.
     Blank, faint and speck-sized ink is refused (`NoInkError`).
     """
+    # The ink is the side that strays furthest from the page's typical level: dark ink on
+    # paper however shaded, light ink on a dark screen.
+    extremes, typical = ink.box_mean(grey, 3), float(np.median(grey))
+    dark_ink = typical - float(extremes.min()) > float(extremes.max()) - typical
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    dark_ink = float(np.median(border)) > 127.5
     if min(grey.shape) < SMALL_PAGE:  # a drawing or an MNIST image, evenly lit
         paper = np.full(grey.shape, np.median(border), dtype=np.float32)
     else:
         paper = ink.background(grey, dark_ink)
-    level = (paper - grey) if dark_ink else (grey - paper)  # noise around 0, ink above
+    # Light falls on paper and ink alike: dark ink is measured as the share of the paper's
+    # light it takes away (in 0-255 units), so that a stroke reads the same in a shadow;
+    # light ink on dark paper is a screen's, lit evenly.
+    lit = (paper - grey) * (255.0 / np.maximum(paper, 1.0))
+    level = lit if dark_ink else grey - paper
     smooth = ink.box_mean(level, 3)  # a third of the noise, strokes barely touched
     strength = float(smooth.max())
     if strength < MIN_CONTRAST:
