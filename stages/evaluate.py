@@ -52,16 +52,13 @@ from mnistpipe.modeling.metrics import (
 from mnistpipe.modeling.models import predict_logits
 from mnistpipe.modeling.page_scores import (
     FOREIGN,
-    OUTCOMES,
-    RIGHT,
     foreign_pages,
     outcomes,
-    photo_metric,
     right_answers,
     scored_pages,
     scored_photos,
 )
-from mnistpipe.modeling.photos import photos
+from mnistpipe.modeling.photos import OUTCOMES, RIGHT, photo_metric, photos
 from mnistpipe.modeling.synthetic import OOD_KINDS, ood_pages
 
 log = logging.getLogger("evaluate")

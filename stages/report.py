@@ -11,22 +11,27 @@ checkpoint records them.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
+from PIL import Image
 
 from mnistpipe.cli import run_stage
 from mnistpipe.config import PARAMS_FILE, Sections, Seed, load_sections
 from mnistpipe.data import processed
 from mnistpipe.data.datasets import DataParams
 from mnistpipe.data.processed import PreprocessParams, Split
+from mnistpipe.deploy.imaging import ImageError, prepare_bytes
 from mnistpipe.files import sha256_file, write_bytes_atomic
 from mnistpipe.modeling import ood
 from mnistpipe.modeling.calibration import ECE_BINS
 from mnistpipe.modeling.checkpoints import Checkpoint, load_checkpoint
+from mnistpipe.modeling.photos import OUTCOMES, photo_metric, photos
 from mnistpipe.modeling.synthetic import LETTER_FONTS
 from mnistpipe.reporting import figures
 from mnistpipe.reporting.figures import ReportParams
@@ -67,6 +72,7 @@ class RunTables:
     class_counts: pd.DataFrame
     calibration: pd.DataFrame  # reliability bins before and after the temperature
     ood: pd.DataFrame  # one row per synthetic non-digit or foreign digit: refused, score
+    photos: pd.DataFrame  # one row per photographed test digit: condition, file, outcome
 
     @classmethod
     def read(cls, metrics_dir: Path) -> RunTables:
@@ -83,11 +89,12 @@ class RunTables:
             class_counts=pd.read_csv(metrics_dir / "class_counts.csv", index_col="class"),
             calibration=pd.read_csv(metrics_dir / "calibration.csv"),
             ood=pd.read_csv(metrics_dir / "ood.csv", dtype={"item": str}),
+            photos=pd.read_csv(metrics_dir / "photos.csv"),
         )
 
 
 def figures_of_run(
-    run: RunTables, test: Split, checkpoint: Checkpoint, params: ReportParams
+    run: RunTables, test: Split, checkpoint: Checkpoint, params: ReportParams, seed: int
 ) -> dict[str, bytes]:
     """PNG name -> bytes of every figure of the report."""
     classes = checkpoint.classes
@@ -118,7 +125,40 @@ def figures_of_run(
         "ood_scores.png": figures.ood_histograms(
             run.predictions["ood_score"].to_numpy(), run.ood, checkpoint.ood_threshold
         ),
-    }
+    } | ({"photos.png": photo_figure(run.photos, test, seed)} if len(run.photos) else {})
+
+
+PHOTOS_SHOWN = 2  # per condition: the first photos evaluate took
+
+
+def photo_figure(scored: pd.DataFrame, test: Split, seed: int) -> bytes:
+    """The first photos of each condition, drawn again from the seed as evaluate drew them,
+    beside what the preprocessing made of them, captioned with evaluate's outcome."""
+    taken = photos(test.images, test.labels.astype("int64"), PHOTOS_SHOWN, seed)
+    outcome = dict(zip(scored["file"], scored["outcome"], strict=True))
+    examples = []
+    for photo in taken:
+        try:
+            seen = prepare_bytes(photo.data, photo.name)
+        except ImageError:
+            seen = None
+        with Image.open(io.BytesIO(photo.data)) as image:
+            image.thumbnail((160, 160))
+            page = np.asarray(image.convert("RGB"))
+        caption = f"{photo.condition}: {photo.label}, {outcome[photo.name].replace('_', ' ')}"
+        examples.append((page, seen, caption))
+    return figures.photo_examples(examples)
+
+
+def photo_table(run: RunTables) -> pd.DataFrame:
+    """Per condition of the photos: how many, and the share of each outcome (metrics.json)."""
+    rows = []
+    for condition, items in run.photos.groupby("condition", sort=False):
+        row = {"condition": condition, "photos": len(items)}
+        for outcome in OUTCOMES:
+            row[outcome.replace("_", " ")] = run.metrics[photo_metric(str(condition), outcome)]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def ood_table(run: RunTables) -> pd.DataFrame:
@@ -174,6 +214,9 @@ def report_markdown(
         "ood_threshold": checkpoint.ood_threshold,
         "ood_rejection": checkpoint.recipe.ood_rejection,
         "ood_table": ood_table(run).to_markdown(index=False, floatfmt=".4f"),
+        "photo_table": photo_table(run).to_markdown(index=False, floatfmt=".4f")
+        if len(run.photos)
+        else "",
         "letter_fonts": len(LETTER_FONTS),
         "passing_letters": passing_letters(run, checkpoint.classes, checkpoint.ood_threshold),
         "epoch": checkpoint.epoch,
@@ -205,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     run_params |= {"model": checkpoint.model_section(), "train": checkpoint.recipe.to_mapping()}
     run = RunTables.read(args.metrics)
     test = processed.load_split(args.data, "test")
-    outputs = dict(figures_of_run(run, test, checkpoint, params))  # file name -> bytes
+    outputs = figures_of_run(run, test, checkpoint, params, all_params.seed)  # name -> bytes
     sizes = processed.load_meta(args.data).sizes
     outputs["report.md"] = report_markdown(run, sizes, checkpoint, run_params, params).encode()
     files = [

@@ -116,3 +116,12 @@ def test_a_noisy_blank_page_is_refused_in_either_polarity(dark_paper):
     page = np.random.default_rng(2).normal(40 if dark_paper else 220, 8, (300, 400))
     with pytest.raises(NoInkError, match=r"no ink found|too little ink for a digit"):
         to_mnist(page.astype(np.float32))
+
+
+def test_hairlines_on_a_small_page_keep_their_ink():
+    """An '=' of 1 px lines on a 28x28 page: the smoothing widens what is found, the stroke
+    width comes from the ink itself, so nothing is thinned away (it was: a NaN centre)."""
+    page = np.full((28, 28), 226.0, dtype=np.float32)
+    page[18, 6:16] = page[21, 6:16] = 79.0
+    image = to_mnist(page)
+    assert image.max() > 128 and image.sum() > 0

@@ -190,13 +190,15 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
     core = float(np.percentile(level[strokes], 90))  # a stroke's middle, not its rim
     near = ink.rank_filter(np.pad(strokes[box], 2), 5, largest=True)[2:-2, 2:-2]  # the rims
     digit = np.clip(level[box] / core, 0.0, 1.0) * near
-    digit = normalise_width(digit, strokes[box])
+    digit = normalise_width(digit, digit >= 0.5)  # the strokes' cores: half the ink or more
     height, width = digit.shape
     scale = BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     # Area averaging when shrinking is the anti-aliasing MNIST used; bilinear when enlarging.
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     digit = np.asarray(Image.fromarray(digit, mode="F").resize(size, resample), dtype=np.float32)
+    if not digit.any():  # the resizing left nothing: too thin or small to read
+        raise NoInkError("too little ink for a digit: its strokes vanish at 20x20 px")
     canvas = centre_by_mass(np.clip(digit, 0.0, 1.0))
     return np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8)
 

@@ -19,14 +19,10 @@ from mnistpipe.deploy.imaging import ImageError, foreign_digit_pages, prepare_by
 from mnistpipe.modeling import ood
 from mnistpipe.modeling.calibration import softmax
 from mnistpipe.modeling.models import predict_logits
-from mnistpipe.modeling.photos import Photo
+from mnistpipe.modeling.photos import RIGHT, Photo
 from mnistpipe.modeling.synthetic import Page
 
 FOREIGN = "foreign digits"  # the OOD table's kind for foreign_pages
-# What became of a picture of a digit: answered with its class; answered with another;
-# flagged as not looking like a digit; refused by the preprocessing (no ink, a speck).
-RIGHT = "answered_right"
-OUTCOMES = (RIGHT, "wrong", "flagged", "refused")
 
 
 def foreign_pages() -> list[Page]:
@@ -130,9 +126,3 @@ def outcomes(table: pd.DataFrame, threshold: float) -> pd.Series:
     outcome = np.where(flagged, "flagged", outcome)
     outcome = np.where(table["refused"].to_numpy(dtype=bool), "refused", outcome)
     return pd.Series(outcome, index=table.index)
-
-
-def photo_metric(condition: str, outcome: str) -> str:
-    """The metrics.json key of one outcome's share under one condition: ("colour pen",
-    "flagged") -> "photo_colour_pen_flagged"."""
-    return f"photo_{condition.replace(' ', '_')}_{outcome}"

@@ -105,6 +105,18 @@ def _light(height: int, width: int, darkest: float, rng: np.random.Generator) ->
     return (1.0 - (1.0 - darkest) * ramp)[..., None]
 
 
+# What became of a photo: answered with its digit; answered with another; flagged as not
+# looking like a digit; refused by the preprocessing (no ink found, a speck).
+RIGHT = "answered_right"
+OUTCOMES = (RIGHT, "wrong", "flagged", "refused")
+
+
+def photo_metric(condition: str, outcome: str) -> str:
+    """The metrics.json key of one outcome's share under one condition: ("colour pen",
+    "flagged") -> "photo_colour_pen_flagged"."""
+    return f"photo_{condition.replace(' ', '_')}_{outcome}"
+
+
 @dataclass(frozen=True)
 class Photo:
     """One rendered photo: its condition, a file name (with the format's suffix), the digit it

@@ -135,6 +135,27 @@ def digit_grid(images: np.ndarray, captions: list[str], title: str, columns: int
     return to_png(figure)
 
 
+def photo_examples(examples: list[tuple[np.ndarray, np.ndarray | None, str]]) -> bytes:
+    """Rows of (photo as (H, W, 3) uint8 RGB, the (28, 28) uint8 image the model saw or None
+    when the preprocessing refused it, caption), two to a line: each photo beside its input."""
+    rows = max(1, -(-len(examples) // 2))
+    figure, axes_grid = plt.subplots(rows, 4, figsize=(8, rows * 1.7))
+    for index, axes in enumerate(np.atleast_2d(axes_grid).reshape(-1, 2)):
+        for each in axes:
+            each.axis("off")
+        if index >= len(examples):
+            continue
+        photo, seen, caption = examples[index]
+        axes[0].imshow(photo)
+        axes[0].set_title(caption, fontsize=8)
+        if seen is not None:
+            axes[1].imshow(seen, cmap="gray_r", vmin=0, vmax=255)
+            axes[1].set_title("what the model saw", fontsize=8)
+    figure.suptitle("Photographed test digits: the photo, and the model's input")
+    figure.tight_layout()
+    return to_png(figure)
+
+
 def class_distribution(counts: pd.DataFrame) -> bytes:
     """Images per class in each split, as grouped bars."""
     splits = [column for column in counts.columns if column != "name"]
