@@ -90,16 +90,12 @@ def load_grey(source: str | Path | BinaryIO, name: str | None = None) -> np.ndar
         raise ImageError(f"{path}: unreadable image ({exc})") from None
 
 
-def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ink of a picture of one digit: its (H, W) float32 ink level on a zero background
-    (levels above the paper's, light ink or inverted dark ink), and the (H, W) bool mask of
-    the digit's strokes, without noise, specks or a notebook's lines.
-
-    Ink is what stands out of the paper by more than the noise (`NOISE_SIGMAS` times its
-    robust deviation) and by more than `INK_SHARE` of the strongest ink; its connected
-    components are the digit's strokes when they are near the largest one and not specks.
-    Blank, faint and speck-sized ink is refused (`NoInkError`).
-    """
+def ink_level(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ink on a page: its (H, W) float32 level on a zero background (levels above the
+    paper's, light ink or inverted dark ink) and the (H, W) bool mask of what stands out of
+    the paper by more than the noise (`NOISE_SIGMAS` times its robust deviation) and by more
+    than `INK_SHARE` of the strongest ink, a notebook's lines left out. A blank or faint page
+    is refused (`NoInkError`)."""
     # The ink is the side that strays furthest from the page's typical level: dark ink on
     # paper however shaded, light ink on a dark screen.
     extremes, typical = ink.box_mean(grey, 3), float(np.median(grey))
@@ -122,6 +118,14 @@ def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
     mask = smooth > max(NOISE_SIGMAS * noise, INK_SHARE * strength)
     mask &= ~ink.notebook_lines(mask, LINE_SPAN)
+    return np.clip(level, 0.0, None), mask
+
+
+def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ink of a picture of one digit: `ink_level`, and the (H, W) bool mask of the
+    digit's strokes: the connected components of what stands out that lie near the largest
+    and are not specks. Blank, faint and speck-sized ink is refused (`NoInkError`)."""
+    level, mask = ink_level(grey)
     strokes = digit_components(mask)
     rows, cols = np.nonzero(strokes)
     span = max(np.ptp(rows), np.ptp(cols)) + 1 if len(rows) else 0
@@ -130,7 +134,7 @@ def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             f"too little ink for a digit: it spans {span} px, under {MIN_INK_SPAN:.0%} of the"
             f" image's shorter side ({min(grey.shape)} px); a dot or a speck"
         )
-    return np.clip(level, 0.0, None), strokes
+    return level, strokes
 
 
 def digit_components(mask: np.ndarray) -> np.ndarray:
@@ -185,6 +189,13 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
     level, strokes = ink_strokes(grey)
     if grey.shape == (CANVAS, CANVAS) and np.median(grey) <= 127.5:
         return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+    return digit_image(level, strokes)
+
+
+def digit_image(level: np.ndarray, strokes: np.ndarray) -> np.ndarray:
+    """The (28, 28) uint8 MNIST-style image of one digit's strokes (H, W) bool on an ink
+    level map: cropped, the ink scaled so that a stroke's core is full, the width brought into
+    MNIST's range, the longer side fitted to 20 px and centred by mass."""
     rows, cols = np.nonzero(strokes)
     box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
     core = float(np.percentile(level[strokes], 90))  # a stroke's middle, not its rim

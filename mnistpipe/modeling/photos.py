@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from mnistpipe.modeling.synthetic import font
+
 RGB = tuple[int, int, int]
 PAGE_SIZES = ((240, 320), (320, 240), (300, 400), (400, 300), (480, 640), (640, 480))
 PHONE_SIZE = (3024, 4032)  # (height, width): a 12-megapixel phone photo
@@ -134,9 +136,60 @@ def render(digit: np.ndarray, look: Look, rng: np.random.Generator) -> tuple[byt
     height, width = PAGE_SIZES[int(rng.integers(len(PAGE_SIZES)))]
     if look.phone:
         height, width = PHONE_SIZE[0] // 4, PHONE_SIZE[1] // 4
-    shorter = min(height, width)
-    span = rng.uniform(*look.span) * shorter
+    span = rng.uniform(*look.span) * min(height, width)
     mask = _digit_mask(digit, max(8, round(span / SPAN_OF_CANVAS)), look, rng)
+    return photograph(mask, (height, width), look, rng)
+
+
+def render_row(
+    digits: list[np.ndarray], look: Look, rng: np.random.Generator
+) -> tuple[bytes, str]:
+    """A row of (28, 28) uint8 MNIST digits written side by side, a little apart and a
+    little up and down, photographed as `look` says (`render`)."""
+    height = int(rng.integers(200, 361))
+    side = max(8, round(height * rng.uniform(0.3, 0.55) / SPAN_OF_CANVAS))
+    return photograph(
+        _row_mask([_digit_mask(d, side, look, rng) for d in digits], rng), height, look, rng
+    )
+
+
+def render_word(
+    word: str, font_name: str, look: Look, rng: np.random.Generator
+) -> tuple[bytes, str]:
+    """A printed word photographed as `look` says, as `render_row` photographs digits."""
+    height = int(rng.integers(200, 361))
+    size = max(8, round(height * rng.uniform(0.3, 0.55)))
+    canvas = Image.new("L", (size * (len(word) + 1), 2 * size), 0)
+    ImageDraw.Draw(canvas).text((size // 2, size // 2), word, fill=255, font=font(font_name, size))
+    return photograph(canvas.crop(canvas.getbbox()), height, look, rng)
+
+
+def _row_mask(masks: list[Image.Image], rng: np.random.Generator) -> Image.Image:
+    """Digit masks side by side on one mask: gaps of 5-40% of a digit's height, each digit
+    raised or lowered by up to 8% of it."""
+    tallest = max(mask.height for mask in masks)
+    gaps = [round(g * tallest) for g in rng.uniform(0.05, 0.4, len(masks) - 1)]
+    shifts = [round(s * tallest) for s in rng.uniform(-0.08, 0.08, len(masks))]
+    width = sum(mask.width for mask in masks) + sum(gaps)
+    row = Image.new("L", (width, tallest + 2 * round(0.08 * tallest) + 1), 0)
+    left = 0
+    for mask, gap, shift in zip(masks, [*gaps, 0], shifts, strict=True):
+        top = round(0.08 * tallest) + tallest - mask.height + shift  # on one baseline
+        row.paste(mask, (left, top), mask)
+        left += mask.width + gap
+    return row.crop(row.getbbox())
+
+
+def photograph(
+    mask: Image.Image, size: tuple[int, int] | int, look: Look, rng: np.random.Generator
+) -> tuple[bytes, str]:
+    """Ink of coverage `mask` ('L') put wholly on a page of (height, width) px, or of that
+    height and as wide as the ink needs (a row), and photographed as `look` says: paper,
+    notebook lines, pen colour, blur, light, noise and the file format. Returns the file's
+    bytes and suffix."""
+    if isinstance(size, int):  # a row: the ink spans 60-90% of the page's width
+        size = (max(size, mask.height + 2), max(size, round(mask.width / rng.uniform(0.6, 0.9))))
+    height, width = size
     level = int(rng.integers(look.paper[0], look.paper[1] + 1))
     tint = rng.integers(-6, 7, 3)  # white balance
     paper = Image.new("RGB", (width, height), tuple(int(v) for v in np.clip(level + tint, 0, 255)))
