@@ -57,8 +57,9 @@ from mnistpipe.modeling.page_scores import (
     right_answers,
     scored_pages,
     scored_photos,
+    scored_rows,
 )
-from mnistpipe.modeling.photos import OUTCOMES, RIGHT, photo_metric, photos
+from mnistpipe.modeling.photos import OUTCOMES, RIGHT, number_rows, photo_metric, photos
 from mnistpipe.modeling.synthetic import OOD_KINDS, ood_pages
 
 log = logging.getLogger("evaluate")
@@ -80,6 +81,7 @@ OUTPUTS = (
     "calibration",
     "ood",
     "photos",
+    "numbers",
 )
 
 
@@ -126,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     photo_table["outcome"] = outcomes(photo_table, checkpoint.ood_threshold)
     if count:
         metrics |= photo_metrics(photo_table)
+    count = params.numbers if meta.classes == DIGITS else 0
+    taken_rows = number_rows(test.images, test.labels.astype(np.int64), count, seed)
+    number_table = scored_rows(taken_rows, model, checkpoint.ood_threshold, batch, workers)
+    if count:
+        metrics |= number_metrics(number_table)
 
     write_text_atomic(args.metrics, json.dumps(metrics, indent=2) + "\n")
     write_text_atomic(args.confusion, confusion_table(labels, predicted, meta.classes).to_csv())
@@ -137,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(args.calibration, reliability.to_csv(index=False))
     write_text_atomic(args.ood, ood_table.to_csv(index=False))
     write_text_atomic(args.photos, photo_table.to_csv(index=False))
+    write_text_atomic(args.numbers, number_table.to_csv(index=False))
     log.info(
         "%s threshold %.4f flags %.2f%% of the test digits; rejected: %s",
         ood.SCORE_NAME,
@@ -210,6 +218,16 @@ def photo_metrics(table: pd.DataFrame) -> dict[str, float]:
             key = photo_metric(str(condition), outcome)
             metrics[key] = round(float(shares.get(outcome, 0.0)), 6)
     metrics["photo_answered_right"] = round(float((table["outcome"] == RIGHT).mean()), 6)
+    return metrics
+
+
+def number_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """The shares of the rows of digits read right, with a digit flagged, wrong and refused,
+    and the share of the rows of printed letters read as a number (no digit flagged)."""
+    digits = table[table["kind"] == "digits"]["outcome"].value_counts(normalize=True)
+    metrics = {f"number_rows_{o}": round(float(digits.get(o, 0.0)), 6) for o in OUTCOMES}
+    words = table[table["kind"] == "words"]["outcome"]
+    metrics["number_words_read"] = round(float(words.isin([RIGHT, "wrong"]).mean()), 6)
     return metrics
 
 

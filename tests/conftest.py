@@ -167,6 +167,7 @@ TINY_PARAMS = {
     "  epochs: 6\n": "  epochs: 1\n",
     "  batch_size: 128\n": "  batch_size: 64\n",
     "  photos: 200\n": "  photos: 4\n",
+    "  numbers: 200\n": "  numbers: 3\n",
 }
 
 

@@ -104,6 +104,7 @@ export:
 evaluate:
   batch_size: 16
   photos: 2
+  numbers: 2
 report:
   misclassified_shown: 16
   samples_shown: 8

@@ -64,6 +64,7 @@ export:
 evaluate:
   batch_size: 500
   photos: 10
+  numbers: 10
 report:
   misclassified_shown: 32
   samples_shown: 32

@@ -26,6 +26,13 @@ class EvaluateParams(Config):
         " mnistpipe/modeling/photos.py and read through the predict command's decoding and"
         " preprocessing (digits datasets only; 0 skips them)",
     )
+    numbers: int = Field(
+        ge=0,
+        le=10_000,
+        description="photographed rows of 2-5 test digits read as numbers, as the predict"
+        " command's --number reads them, and as many rows of printed letters (digits datasets"
+        " only; 0 skips them)",
+    )
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:

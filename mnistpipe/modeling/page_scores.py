@@ -6,6 +6,7 @@ its OOD table and metrics; the benchmarks use the same ones, so each check exist
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -15,11 +16,18 @@ import pandas as pd
 import torch
 
 from mnistpipe.data.idx import IMAGE_SHAPE
-from mnistpipe.deploy.imaging import ImageError, foreign_digit_pages, prepare_bytes, to_mnist
+from mnistpipe.deploy.imaging import (
+    ImageError,
+    foreign_digit_pages,
+    load_grey,
+    prepare_bytes,
+    to_mnist,
+)
+from mnistpipe.deploy.numbers import Digit, digits_of_row, number_text
 from mnistpipe.modeling import ood
 from mnistpipe.modeling.calibration import softmax
 from mnistpipe.modeling.models import predict_logits
-from mnistpipe.modeling.photos import RIGHT, Photo
+from mnistpipe.modeling.photos import RIGHT, Photo, Row
 from mnistpipe.modeling.synthetic import Page
 
 FOREIGN = "foreign digits"  # the OOD table's kind for foreign_pages
@@ -126,3 +134,54 @@ def outcomes(table: pd.DataFrame, threshold: float) -> pd.Series:
     outcome = np.where(flagged, "flagged", outcome)
     outcome = np.where(table["refused"].to_numpy(dtype=bool), "refused", outcome)
     return pd.Series(outcome, index=table.index)
+
+
+def scored_rows(
+    found: list[Row], model: torch.nn.Module, threshold: float, batch_size: int, workers: int = 1
+) -> pd.DataFrame:
+    """One row per photographed row, read as the predict command's --number reads it: its
+    kind, file, truth, what was read ("?" for a flagged digit, empty when refused), how many
+    digits were found, and the outcome: refused, flagged (a digit unknown), right or wrong
+    (a word read as a number is wrong)."""
+
+    def segmented(row: Row) -> list[Digit] | None:
+        try:
+            return digits_of_row(load_grey(io.BytesIO(row.data), row.name))
+        except ImageError:
+            return None
+
+    with ThreadPoolExecutor(max(1, workers)) as executor:
+        found_digits = list(executor.map(segmented, found))
+    images = [digit.image for digits in found_digits if digits for digit in digits]
+    stacked = np.stack(images) if images else np.empty((0, *IMAGE_SHAPE), np.uint8)
+    logits = predict_logits(model, torch.from_numpy(stacked), batch_size).numpy()
+    labels = logits.argmax(1)
+    flagged = ood.flagged(ood.score(logits), threshold)
+    read, sizes, start = [], [], 0
+    for digits in found_digits:
+        count = len(digits) if digits is not None else 0
+        classes = labels[start : start + count].astype(str)
+        unknown = flagged[start : start + count]
+        read.append(number_text([None if f else c for c, f in zip(classes, unknown, strict=True)]))
+        sizes.append(count)
+        start += count
+    outcome = [
+        "refused"
+        if digits is None
+        else "flagged"
+        if "?" in text
+        else RIGHT
+        if text == row.truth
+        else "wrong"
+        for row, digits, text in zip(found, found_digits, read, strict=True)
+    ]
+    return pd.DataFrame(
+        {
+            "kind": [row.kind for row in found],
+            "file": [row.name for row in found],
+            "truth": [row.truth for row in found],
+            "read": read,
+            "digits": sizes,
+            "outcome": outcome,
+        }
+    )

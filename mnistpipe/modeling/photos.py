@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from mnistpipe.modeling.synthetic import font
+from mnistpipe.modeling.synthetic import LETTER_FONTS, LETTERS, font
 
 RGB = tuple[int, int, int]
 PAGE_SIZES = ((240, 320), (320, 240), (300, 400), (400, 300), (480, 640), (640, 480))
@@ -238,3 +238,38 @@ def photos(
     with ThreadPoolExecutor(max(1, workers)) as executor:
         drawn = executor.map(condition_photos, range(len(CONDITIONS)), CONDITIONS)
         return [photo for condition in drawn for photo in condition]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A photographed row: of test digits (`truth` is the number) or of printed letters (a
+    word, which should not read as a number)."""
+
+    kind: str  # "digits" or "words"
+    name: str
+    truth: str
+    data: bytes
+
+
+ROW_LENGTHS = (2, 5)  # digits or letters in a row, at least and at most
+
+
+def number_rows(images: np.ndarray, labels: np.ndarray, count: int, seed: int) -> list[Row]:
+    """`count` rows of 2-5 test digits drawn at random from `images` (N, 28, 28) with their
+    `labels`, then `count` printed words of 2-5 Latin letters in the fonts of LETTER_FONTS in
+    turn, photographed as a clean photo is (BASE), from `seed`."""
+    rng = np.random.default_rng([seed, 3_000_017])  # not the single photos' streams
+    found = []
+    for number in range(count):
+        chosen = rng.integers(
+            0, len(images), int(rng.integers(ROW_LENGTHS[0], ROW_LENGTHS[1] + 1))
+        )
+        data, suffix = render_row(list(images[chosen]), BASE, rng)
+        truth = "".join(str(int(label)) for label in labels[chosen])
+        found.append(Row("digits", f"number-{number:04d}{suffix}", truth, data))
+    for number in range(count):
+        length = int(rng.integers(ROW_LENGTHS[0], ROW_LENGTHS[1] + 1))
+        word = "".join(rng.choice(list(LETTERS), length))
+        data, suffix = render_word(word, LETTER_FONTS[number % len(LETTER_FONTS)], BASE, rng)
+        found.append(Row("words", f"word-{number:04d}{suffix}", word, data))
+    return found
