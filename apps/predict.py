@@ -23,7 +23,8 @@ import numpy as np
 
 from mnistpipe.cli import run_stage
 from mnistpipe.deploy.imaging import ImageError, find_images, prepare
-from mnistpipe.deploy.onnx_model import Answers, classify, load_onnx
+from mnistpipe.deploy.numbers import number_answer, row_of_file
+from mnistpipe.deploy.onnx_model import Answers, OnnxClassifier, classify, load_onnx
 from mnistpipe.errors import PipelineError
 
 DEFAULT_MODEL = Path("models/model.onnx")  # the export stage's output (dvc.yaml's onnx_file)
@@ -89,6 +90,12 @@ def main(argv: list[str] | None = None) -> None:
         " for programs",
     )
     parser.add_argument(
+        "--number",
+        action="store_true",
+        help="read each image as a row of digits (a house number, a year): one answer per"
+        " image, a string such as 2026 with ? where a digit does not look like one",
+    )
+    parser.add_argument(
         "--guess",
         action="store_true",
         help="give the best guess as the label even for images that do not look like the"
@@ -100,6 +107,15 @@ def main(argv: list[str] | None = None) -> None:
     files = find_images(args.paths)
     if not files:
         raise PipelineError(f"no image files found in {', '.join(map(str, args.paths))}")
+    failures = read_numbers(files, model, args) if args.number else read_digits(files, model, args)
+    if failures:
+        print(f"predict: {failures} of {len(files)} files failed", file=sys.stderr)
+        sys.exit(1)
+
+
+def read_digits(files: list[Path], model: OnnxClassifier, args: argparse.Namespace) -> int:
+    """Classify each file as one digit and print the answers; the number of files that
+    failed (each with an error line)."""
     good, images, failures = [], [], 0
     for path in files:
         try:
@@ -119,9 +135,46 @@ def main(argv: list[str] | None = None) -> None:
                 + ("" if args.guess else "; --guess shows the best guess anyway"),
                 file=sys.stderr,
             )
-    if failures:
-        print(f"predict: {failures} of {len(files)} files failed", file=sys.stderr)
-        sys.exit(1)
+    return failures
+
+
+def read_numbers(files: list[Path], model: OnnxClassifier, args: argparse.Namespace) -> int:
+    """Read each file as a row of digits and print one number per file; the number of files
+    that failed (each with an error line)."""
+    rows, failures = [], 0
+    for path in files:
+        try:
+            rows.append((path, row_of_file(path)))
+        except ImageError as exc:
+            print(f"predict: error: {exc}", file=sys.stderr)
+            failures += 1
+    images = [digit.image for _, digits in rows for digit in digits]
+    answers = classify(model, np.stack(images) if images else np.empty((0, 28, 28), np.uint8))
+    start, results = 0, []
+    for path, digits in rows:
+        part = answers.part(start, start + len(digits))
+        start += len(digits)
+        results.append((str(path), number_answer(digits, part, model.classes, args.guess)))
+    if args.format == "json":
+        for path, result in results:
+            print(json.dumps({"path": path, **result}))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "number", "unknown"])
+        writer.writerows((p, r["number"], " ".join(map(str, r["unknown"]))) for p, r in results)
+    elif results:
+        width = max(len("path"), *(len(path) for path, _ in results))
+        print(f"{'path':<{width}}  number")
+        for path, result in results:
+            print(f"{path:<{width}}  {result['number']}")
+    unknown = sum(bool(result["unknown"]) for _, result in results)
+    if unknown and not args.guess:
+        print(
+            f"predict: {unknown} of {len(results)} numbers have digits that do not look like"
+            f" {model.metadata.subject} (?); --guess shows the best guess anyway",
+            file=sys.stderr,
+        )
+    return failures
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ probability, every class's, the out-of-distribution score and the model's thresh
 `input`, the 28x28 image the model saw. When the score is above the threshold the image does
 not look like the training data: `flagged` is true, `label` and `index` are null and `message`
 says so, unless the query asks `?guess=true`.
+`POST /api/number` reads the uploaded image as a row of digits (a house number, a year) and
+answers `{number, unknown, digits, ood_threshold}`: `number` is a string ("007" keeps its
+zeros) with "?" at each position the model flags (its guess with `?guess=true`), `unknown`
+lists those positions (0-based), and each of `digits` left to right has its `label` (null
+when flagged), `confidence`, `ood_score`, `flagged`, `box` ([left, top, right, bottom] in px
+of the image as decoded) and `input`, the 28x28 image the model saw.
 Requests that arrive together are classified in one forward pass (`Batcher`). Errors are JSON
 `{"error": message}`: 400 for no file, an empty file or a non-image, 413 for an upload over the
 size limit or a decompression bomb, 422 when the image is blank, faint or a mere speck.
@@ -31,7 +37,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
 from mnistpipe.deploy.imaging import ImageError, ImageTooLargeError, NoInkError, prepare_bytes
-from mnistpipe.deploy.onnx_model import Answer, OnnxClassifier, classify
+from mnistpipe.deploy.numbers import number_answer, row_of_bytes
+from mnistpipe.deploy.onnx_model import Answer, Answers, OnnxClassifier, classify
 from mnistpipe.deploy.serving import ServeParams
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -186,6 +193,29 @@ def create_app(model: OnnxClassifier, health: dict[str, Any], params: ServeParam
             ),
             "input": image.tolist(),  # (28, 28) 0-255: what the model saw
         }
+
+    @app.post("/api/number")
+    async def number(request: Request) -> Any:
+        data = await read_upload(request, limit)
+        if isinstance(data, JSONResponse):
+            return data
+        try:
+            digits = await asyncio.to_thread(row_of_bytes, data, "upload")
+        except ImageTooLargeError as exc:
+            return error(413, str(exc))
+        except NoInkError as exc:
+            return error(422, str(exc))
+        except ImageError as exc:
+            return error(400, str(exc))
+        answers = await asyncio.gather(*(batcher.submit(digit.image) for digit in digits))
+        scores = np.array([answer.score for answer in answers], dtype=np.float32)
+        probabilities = np.stack([answer.probabilities for answer in answers])
+        found = Answers(probabilities, scores, model.metadata.ood_threshold)
+        guess = request.query_params.get("guess") == "true"
+        answer = number_answer(digits, found, model.classes, guess)
+        for each, digit in zip(answer["digits"], digits, strict=True):
+            each["input"] = digit.image.tolist()  # (28, 28) 0-255: what the model saw
+        return answer | {"ood_threshold": model.metadata.ood_threshold}
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -15,7 +15,7 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,6 +39,9 @@ LINE_SPAN = 0.85  # a straight run over this share of the page is a notebook's l
 MIN_PIECE = 0.04  # pieces of a digit have at least this share of its largest piece's area
 PIECE_GAP = 0.3  # and lie within this share of the digit's size of it
 WIDTH_RANGE = (0.09, 0.22)  # MNIST's stroke widths, as shares of the digit's longer side
+
+
+T = TypeVar("T")
 
 
 class ImageError(PipelineError):
@@ -241,20 +244,21 @@ def find_images(paths: list[Path]) -> list[Path]:
 
 def prepare(path: str | Path) -> np.ndarray:
     """The (28, 28) uint8 MNIST-style image of an image file; errors name the file."""
-    return _named(str(path), lambda: to_mnist(load_grey(path)))
+    return with_name(str(path), lambda: to_mnist(load_grey(path)))
 
 
 def prepare_bytes(data: bytes, name: str) -> np.ndarray:
     """The (28, 28) uint8 MNIST-style image of an uploaded file's bytes; errors say `name`."""
     if not data:
         raise ImageError(f"{name}: empty file")
-    return _named(name, lambda: to_mnist(load_grey(io.BytesIO(data), name)))
+    return with_name(name, lambda: to_mnist(load_grey(io.BytesIO(data), name)))
 
 
 FOREIGN_DIGITS = 500  # of scikit-learn's 1,797 8x8 digits: the evaluate stage's foreign set
 
 
-def _named(name: str, convert: Callable[[], np.ndarray]) -> np.ndarray:
+def with_name(name: str, convert: Callable[[], T]) -> T:
+    """`convert()`, its ImageError's message beginning with `name` (a file's, an upload's)."""
     try:
         return convert()
     except ImageError as exc:  # same class, message prefixed with the file's name

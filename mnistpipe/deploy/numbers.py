@@ -10,20 +10,34 @@ evaluate stage use it.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mnistpipe.deploy import ink
-from mnistpipe.deploy.imaging import MIN_PIECE, NoInkError, digit_image, ink_level
+from mnistpipe.deploy.imaging import (
+    MIN_PIECE,
+    ImageError,
+    NoInkError,
+    digit_image,
+    ink_level,
+    load_grey,
+    with_name,
+)
+
+if TYPE_CHECKING:  # evaluate reads numbers too, without ONNX Runtime
+    from mnistpipe.deploy.onnx_model import Answers
 
 MAX_DIGITS = 12  # a longer row is refused: not a number anybody writes on one line
 MIN_HEIGHT = 0.4  # a digit is at least this share of the row's tallest (a 1 is as tall)
 JOIN_OVERLAP = 0.5  # pieces overlapping this share of the narrower one's width are one digit
 PART_HEIGHT = 0.7  # a piece shorter than this share of the tallest is part of a digit...
 JOIN_GAP = 0.1  # ... when it lies within this share of the tallest of its neighbour
-DIGIT_ASPECT = 0.75  # a digit's width over its height, on average: where touching ones are cut
+DIGIT_ASPECT = 0.65  # a digit's width over its height, on average: where touching ones are cut
 SPLIT_ASPECT = 1.6  # a piece wider than this times its height holds more than one digit
 
 
@@ -63,6 +77,44 @@ def digits_of_row(grey: np.ndarray) -> list[Digit]:
     if len(digits) > MAX_DIGITS:
         raise NoInkError(f"{len(digits)} marks in a row: more than the {MAX_DIGITS} of a number")
     return digits
+
+
+def row_of_file(path: str | Path) -> list[Digit]:
+    """`digits_of_row` of an image file; errors name the file."""
+    return with_name(str(path), lambda: digits_of_row(load_grey(path)))
+
+
+def row_of_bytes(data: bytes, name: str) -> list[Digit]:
+    """`digits_of_row` of an uploaded file's bytes; errors say `name`."""
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    return with_name(name, lambda: digits_of_row(load_grey(io.BytesIO(data), name)))
+
+
+def number_answer(
+    digits: list[Digit], answers: Answers, classes: tuple[str, ...], guess: bool
+) -> dict[str, Any]:
+    """What the predict command (JSON) and the API answer for a number: `number`, a string
+    with "?" at each flagged position (its best guess instead when `guess`), `unknown`, the
+    flagged positions (0-based), and per digit its `label` (null when flagged and not
+    `guess`), `confidence`, `ood_score`, `flagged` and `box` [left, top, right, bottom]."""
+    each = []
+    for digit, answer in zip(digits, answers, strict=True):
+        label = classes[answer.best] if guess or not answer.flagged else None
+        each.append(
+            {
+                "label": label,
+                "confidence": round(float(answer.probabilities[answer.best]), 6),
+                "ood_score": round(answer.score, 4),
+                "flagged": answer.flagged,
+                "box": list(digit.box),
+            }
+        )
+    return {
+        "number": number_text([digit["label"] for digit in each]),
+        "unknown": [index for index, digit in enumerate(each) if digit["flagged"]],
+        "digits": each,
+    }
 
 
 def span(boxes: np.ndarray, group: list[int]) -> tuple[int, int, int, int]:

@@ -153,6 +153,10 @@ class Answers:
     def __iter__(self) -> Iterator[Answer]:
         return (self[index] for index in range(len(self)))
 
+    def part(self, start: int, stop: int) -> Answers:
+        """The answers of images start to stop - 1 (one number's digits)."""
+        return Answers(self.probabilities[start:stop], self.scores[start:stop], self.threshold)
+
 
 @dataclass(frozen=True)
 class OnnxClassifier:
