@@ -32,10 +32,12 @@ from benchmarks.load_test import (
 )
 from mnistpipe.data import processed
 from mnistpipe.data.datasets import DATASETS
-from mnistpipe.deploy.onnx_model import load_onnx
+from mnistpipe.deploy.imaging import prepare_bytes
+from mnistpipe.deploy.onnx_model import classify, load_onnx
 from mnistpipe.deploy.serving import ServeParams
 from mnistpipe.errors import PipelineError
 from mnistpipe.modeling.checkpoints import load_checkpoint
+from mnistpipe.modeling.photos import photos
 from tests.conftest import REPO, non_digit_uploads
 from tests.helpers import exported, uniform_images
 
@@ -360,6 +362,33 @@ def test_the_page_in_chromium_draws_and_uploads(server, served, tmp_path):
         assert confidence.endswith("% sure")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         assert Image.open(tmp_path / "page.png").size[0] > 300
+
+
+@pytest.mark.slow
+def test_the_page_in_chromium_reads_a_photo_and_a_drawn_number(server, served, tmp_path):
+    """A photographed test digit (noise, blur, JPEG) uploaded is answered as the predict
+    command answers it; in number mode a drawn 1 and 7 read "17", each digit shown."""
+    model, data = served
+    test = processed.load_split(data, "test")
+    taken = photos(test.images[:3], test.labels[:3].astype(np.int64), 3, seed=8)
+    photo = next(p for p in taken if p.condition == "noisy" and p.name.endswith(".jpg"))
+    (tmp_path / photo.name).write_bytes(photo.data)
+    answer = classify(load_onnx(model), prepare_bytes(photo.data, photo.name)[None])[0]
+    expected = "?" if answer.flagged else str(answer.best)
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(server)
+        upload(
+            page,
+            tmp_path / photo.name,
+            f"document.querySelector('#label').textContent === '{expected}'",
+        )
+        page.click("#clear")
+        page.check("#number")
+        label = draw(page, [[(0.2, 0.2), (0.2, 0.8)], [(0.5, 0.25), (0.85, 0.25), (0.6, 0.8)]])
+        assert label == "17"
+        assert page.locator("#digits canvas").count() == 2
+        assert page.locator("#confidence").text_content() == "2 digits"
 
 
 def upload(page, path: Path, wait_for: str) -> None:

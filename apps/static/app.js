@@ -121,7 +121,10 @@ async function send(blob, name, version) {
   const form = new FormData();
   form.append("file", blob, name);
   try {
-    const response = await fetch("/api/predict", { method: "POST", body: form });
+    const reading = document.getElementById("number").checked;
+    const query = document.getElementById("guess").checked ? "?guess=true" : "";
+    const url = (reading ? "/api/number" : "/api/predict") + query;
+    const response = await fetch(url, { method: "POST", body: form });
     const body = await response.json();
     const stale = version !== undefined && version < cleared;
     if (stale) return; // drawn before the pad was cleared
@@ -136,8 +139,45 @@ async function send(blob, name, version) {
   }
 }
 
+function drawInput(canvas, input) {
+  const context = canvas.getContext("2d");
+  const pixels = context.createImageData(28, 28);
+  input.flat().forEach((value, i) => {
+    pixels.data.set([value, value, value, 255], i * 4);
+  });
+  context.putImageData(pixels, 0, 0);
+}
+
+// A number: its digits as read ("?" where one does not look like a digit), and each digit
+// the model saw, left to right.
+function showNumber(answer) {
+  const label = document.getElementById("label");
+  label.textContent = answer.number;
+  label.classList.toggle("unknown", answer.unknown.length > 0);
+  const count = answer.digits.length;
+  document.getElementById("confidence").textContent = `${count} digit${count === 1 ? "" : "s"}`;
+  setStatus(answer.unknown.length ? `positions ${answer.unknown.map((i) => i + 1).join(", ")}` +
+    " do not look like a digit" : "", false);
+  showBars({});
+  seen.clearRect(0, 0, 28, 28);
+  const strip = document.getElementById("digits");
+  strip.replaceChildren(...answer.digits.map((digit) => {
+    const canvas = document.createElement("canvas");
+    canvas.width = 28;
+    canvas.height = 28;
+    canvas.title = digit.label === null ? "unknown" : digit.label;
+    drawInput(canvas, digit.input);
+    return canvas;
+  }));
+}
+
 function showAnswer(answer) {
   lastAnswer = answer;
+  if (answer.digits) {
+    showNumber(answer);
+    return;
+  }
+  document.getElementById("digits").replaceChildren();
   const guess = Object.entries(answer.probabilities).reduce((a, b) => (b[1] > a[1] ? b : a));
   const showGuess = document.getElementById("guess").checked;
   const label = document.getElementById("label");
@@ -155,11 +195,7 @@ function showAnswer(answer) {
   }
   label.classList.toggle("unknown", answer.flagged);
   showBars(answer.probabilities);
-  const pixels = seen.createImageData(28, 28);
-  answer.input.flat().forEach((value, i) => {
-    pixels.data.set([value, value, value, 255], i * 4);
-  });
-  seen.putImageData(pixels, 0, 0);
+  drawInput(seen.canvas, answer.input);
 }
 
 function showBars(probabilities) {
@@ -184,7 +220,12 @@ function showBars(probabilities) {
 
 document.getElementById("clear").addEventListener("click", clearPad);
 document.getElementById("guess").addEventListener("change", () => {
-  if (lastAnswer) showAnswer(lastAnswer);
+  if (lastAnswer && !lastAnswer.digits) showAnswer(lastAnswer);
+});
+document.getElementById("number").addEventListener("change", () => {
+  if (drawn === cleared) return; // nothing drawn since the pad was cleared
+  sent = -1; // the same drawing, asked again the other way
+  sendPad();
 });
 document.getElementById("file").addEventListener("change", (event) => {
   const file = event.target.files[0];
