@@ -31,13 +31,14 @@ from benchmarks.load_test import (
     running_server,
 )
 from mnistpipe.data import processed
-from mnistpipe.data.datasets import DATASETS
+from mnistpipe.data.datasets import DATASETS, DIGITS
 from mnistpipe.deploy.imaging import prepare_bytes
+from mnistpipe.deploy.numbers import number_answer, row_of_bytes
 from mnistpipe.deploy.onnx_model import classify, load_onnx
 from mnistpipe.deploy.serving import ServeParams
 from mnistpipe.errors import PipelineError
 from mnistpipe.modeling.checkpoints import load_checkpoint
-from mnistpipe.modeling.photos import photos
+from mnistpipe.modeling.photos import number_rows, photos
 from tests.conftest import REPO, non_digit_uploads
 from tests.helpers import exported, uniform_images
 
@@ -100,6 +101,29 @@ def test_a_flagged_image_gets_its_guess_on_request(client):
     best = max(guessed["probabilities"], key=guessed["probabilities"].get)
     assert guessed["flagged"] and guessed["label"] == best and guessed["index"] == int(best)
     assert guessed["ood_score"] == plain["ood_score"]
+
+
+@pytest.mark.slow
+def test_a_number_is_read_digit_by_digit_as_the_predict_command_reads_it(client, served):
+    model, data = served
+    test = processed.load_split(data, "test")
+    (row,) = [r for r in number_rows(test.images, test.labels, 1, seed=2) if r.kind == "digits"]
+    digits = row_of_bytes(row.data, row.name)
+    expected = number_answer(
+        digits, classify(load_onnx(model), np.stack([d.image for d in digits])), DIGITS, False
+    )
+    answer = client.post("/api/number", files={"file": (row.name, row.data)}).json()
+    assert answer["number"] == expected["number"] and len(answer["number"]) == len(digits)
+    assert answer["unknown"] == expected["unknown"]
+    for got, digit in zip(answer["digits"], digits, strict=True):
+        assert got["box"] == list(digit.box)
+        np.testing.assert_array_equal(np.array(got["input"]), digit.image)
+    assert (
+        sum(a == b for a, b in zip(answer["number"], row.truth, strict=False))
+        >= len(row.truth) - 1
+    )
+    blank = client.post("/api/number", files={"file": ("blank.png", png(np.full((50, 90), 230)))})
+    assert blank.status_code == 422 and "no ink found" in blank.json()["error"]
 
 
 @pytest.mark.slow
