@@ -21,7 +21,7 @@ def test_the_examples_name_only_shipped_samples():
     for page in (REPO / "README.md", REPO / "docs" / "apps.md"):
         text = page.read_text(encoding="utf-8")
         assert "$ python -m apps.predict samples/" in text, page
-        named = set(re.findall(r"samples/([\w-]+\.png)", text))
+        named = set(re.findall(r"samples/([\w-]+\.(?:png|jpg))", text))
         assert named and named <= {path.name for path in SAMPLES.iterdir()}, page
 
 
@@ -39,6 +39,5 @@ def test_predict_refuses_the_blank_and_the_dot_and_answers_the_rest(tmp_path):
         " of the image's shorter side (112 px); a dot or a speck",
     ]
     answered = [line.split()[0] for line in result.stdout.splitlines()[1:]]
-    assert answered == [
-        f"samples/{name}.png" for name in ("letter-k", "noise", "one", "seven", "two")
-    ]
+    shown = ("letter-k.png", "noise.png", "number-2026.png", "one.png", "photo-seven.jpg")
+    assert answered == [f"samples/{name}" for name in (*shown, "seven.png", "two.png")]

@@ -2,10 +2,10 @@
 
     python -m tools.make_samples [--out samples]
 
-Drawn digits (dark ink on a light page, as on paper), a printed letter, a page of noise, a dot
-and a black page: README's and docs/apps.md's predict example runs on them. Everything is
-drawn from fixed strokes and one seed, so the files are the same bytes on every run (a test
-checks the committed ones).
+Drawn digits (dark ink on a light page, as on paper), a drawn number (2026), a photographed
+digit (JPEG), a printed letter, a page of noise, a dot and a black page: README's and
+docs/apps.md's predict examples run on them. Everything is drawn from fixed strokes and one
+seed, so the files are the same bytes on every run (a test checks the committed ones).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mnistpipe.files import write_bytes_atomic
+from mnistpipe.modeling.photos import CONDITIONS, photograph
 from mnistpipe.modeling.synthetic import FONT_DIR
 
 PAGE = 112  # px, square
@@ -29,7 +30,17 @@ DIGITS = {
     "two": [[(34, 38), (44, 24), (62, 20), (78, 30), (78, 48), (36, 90), (82, 90)]],
     "seven": [[(30, 24), (84, 24), (52, 94)]],
 }
-SEED = 7  # the noise page
+# More strokes, for the number: a 0 and a 6 in the same hand
+NUMBER_STROKES = DIGITS | {
+    "zero": [
+        [(56, 20), (36, 34), (30, 58), (36, 84), (56, 94), (76, 84), (82, 58), (76, 34), (56, 20)]
+    ],
+    "six": [
+        [(74, 22), (50, 34), (36, 60), (38, 84), (56, 94), (74, 84), (76, 64), (58, 56), (40, 66)]
+    ],
+}
+NUMBER = ("two", "zero", "two", "six")  # 2026, a year written on paper
+SEED = 7  # the noise page and the photo
 
 
 def png(page: np.ndarray) -> bytes:
@@ -53,8 +64,31 @@ def letter(text: str) -> np.ndarray:
     return np.asarray(image)
 
 
+def number_page() -> np.ndarray:
+    """2026 drawn digit by digit, 80 px apart, on one wide page."""
+    image = Image.new("L", (PAGE * len(NUMBER) * 3 // 4 + PAGE // 2, PAGE), PAPER)
+    draw = ImageDraw.Draw(image)
+    for index, name in enumerate(NUMBER):
+        offset = PAGE // 4 + index * PAGE * 3 // 4 - 28
+        for stroke in NUMBER_STROKES[name]:
+            moved = [(x + offset, y) for x, y in stroke]
+            draw.line(moved, fill=INK, width=STROKE, joint="curve")
+    return np.asarray(image)
+
+
+def photo() -> bytes:
+    """The seven, drawn at 4x with a marker's width and photographed as evaluate photographs
+    test digits: a shaded page, a little blur, sensor noise, JPEG (modeling/photos.py)."""
+    mask = Image.new("L", (PAGE * 4, PAGE * 4), 0)
+    for stroke in DIGITS["seven"]:
+        ImageDraw.Draw(mask).line([(4 * x, 4 * y) for x, y in stroke], fill=255, width=4 * STROKE)
+    rng = np.random.default_rng(SEED)
+    data, _ = photograph(mask.crop(mask.getbbox()), (720, 960), CONDITIONS["shadow"], rng)
+    return data
+
+
 def samples() -> dict[str, bytes]:
-    """File name -> PNG bytes."""
+    """File name -> file bytes: PNG, and a JPEG photo."""
     pages = {f"{name}.png": drawn(strokes) for name, strokes in DIGITS.items()}
     pages["letter-k.png"] = letter("K")
     pages["noise.png"] = np.random.default_rng(SEED).integers(0, 256, (PAGE, PAGE))
@@ -62,7 +96,10 @@ def samples() -> dict[str, bytes]:
     dot[50:54, 60:64] = INK  # 4 px: a speck, under a fifth of the page
     pages["dot.png"] = dot
     pages["black.png"] = np.zeros((PAGE, PAGE))
-    return {name: png(page) for name, page in sorted(pages.items())}
+    pages["number-2026.png"] = number_page()
+    files = {name: png(page) for name, page in pages.items()}
+    files["photo-seven.jpg"] = photo()
+    return dict(sorted(files.items()))
 
 
 def main(argv: list[str] | None = None) -> None:
