@@ -125,3 +125,14 @@ def test_hairlines_on_a_small_page_keep_their_ink():
     page[18, 6:16] = page[21, 6:16] = 79.0
     image = to_mnist(page)
     assert image.max() > 128 and image.sum() > 0
+
+
+def test_an_mnist_image_in_pieces_or_on_faintly_noisy_black_is_taken_as_it_is():
+    """A 28x28 light-on-dark image is MNIST's format: a digit broken into far-apart pieces
+    (as one test digit is) is taken unchanged; a dark page with faint noise is still blank."""
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[6:9, 13:17] = digit[14:17, 10:16] = digit[22:26, 11:14] = 250  # 20 rows apart
+    np.testing.assert_array_equal(to_mnist(digit.astype(np.float32)), digit)
+    page = 19 + np.random.default_rng(5).uniform(-8, 8, (28, 28))
+    with pytest.raises(NoInkError, match="no ink found"):
+        to_mnist(page.astype(np.float32))

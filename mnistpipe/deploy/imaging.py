@@ -109,16 +109,21 @@ def ink_level(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     else:
         paper = ink.background(grey, dark_ink)
     # Light falls on paper and ink alike: dark ink is measured as the share of the paper's
-    # light it takes away (in 0-255 units), so that a stroke reads the same in a shadow;
-    # light ink on dark paper is a screen's, lit evenly.
-    lit = (paper - grey) * (255.0 / np.maximum(paper, 1.0))
+    # light it takes away (in 0-255 units), so that a stroke reads the same in a shadow (down
+    # to half the light: darker "paper" is no paper, and its noise is not blown up); light
+    # ink on dark paper is a screen's, lit evenly.
+    lit = (paper - grey) * (255.0 / np.maximum(paper, 127.5))
     level = lit if dark_ink else grey - paper
     smooth = ink.box_mean(level, 3)  # a third of the noise, strokes barely touched
     strength = float(smooth.max())
     if strength < MIN_CONTRAST:
         raise NoInkError("no ink found (the image is blank or has too little contrast)")
-    sample = smooth[::2, ::2]  # a quarter of the pixels tell the noise as well, in less time
+    # The noise's robust deviation, from a quarter of the pixels (as good, in less time); a
+    # drawing or an MNIST image has none to speak of, and its ink may cover half of it.
+    sample = smooth[::2, ::2]
     noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    if min(grey.shape) < SMALL_PAGE:
+        noise = 0.0
     mask = smooth > max(NOISE_SIGMAS * noise, INK_SHARE * strength)
     mask &= ~ink.notebook_lines(mask, LINE_SPAN)
     return np.clip(level, 0.0, None), mask
@@ -130,14 +135,20 @@ def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     and are not specks. Blank, faint and speck-sized ink is refused (`NoInkError`)."""
     level, mask = ink_level(grey)
     strokes = digit_components(mask)
-    rows, cols = np.nonzero(strokes)
+    require_span(strokes)
+    return level, strokes
+
+
+def require_span(ink: np.ndarray) -> None:
+    """Refuse (`NoInkError`) ink (H, W bool) whose longer side spans under MIN_INK_SPAN of
+    the image's shorter side: a dot or a speck."""
+    rows, cols = np.nonzero(ink)
     span = max(np.ptp(rows), np.ptp(cols)) + 1 if len(rows) else 0
-    if span < MIN_INK_SPAN * min(grey.shape):
+    if span < MIN_INK_SPAN * min(ink.shape):
         raise NoInkError(
             f"too little ink for a digit: it spans {span} px, under {MIN_INK_SPAN:.0%} of the"
-            f" image's shorter side ({min(grey.shape)} px); a dot or a speck"
+            f" image's shorter side ({min(ink.shape)} px); a dot or a speck"
         )
-    return level, strokes
 
 
 def digit_components(mask: np.ndarray) -> np.ndarray:
@@ -189,10 +200,11 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
     stroke's core is full, their width brought into MNIST's range, and the longer side fitted
     to 20 px and centred by mass. Blank, faint and speck-sized ink is refused (`NoInkError`).
     """
-    level, strokes = ink_strokes(grey)
     if grey.shape == (CANVAS, CANVAS) and np.median(grey) <= 127.5:
+        _, mask = ink_level(grey)  # blank or faint: refused; a speck: refused
+        require_span(mask)  # all of the ink: a digit broken into pieces still counts
         return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
-    return digit_image(level, strokes)
+    return digit_image(*ink_strokes(grey))
 
 
 def digit_image(level: np.ndarray, strokes: np.ndarray) -> np.ndarray:
