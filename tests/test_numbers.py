@@ -69,9 +69,11 @@ def test_touching_digits_are_cut_apart():
     assert [d.box[0] for d in digits] == sorted(d.box[0] for d in digits)
 
 
-def test_a_blank_page_and_a_long_scrawl_are_refused():
+def test_a_blank_page_a_dot_and_a_long_scrawl_are_refused():
     with pytest.raises(NoInkError, match="no ink found"):
         digits_of_row(np.full((100, 300), 230.0, dtype=np.float32))
+    with pytest.raises(NoInkError, match="too little ink for a number: its tallest mark is 4"):
+        digits_of_row(load_grey(REPO / "samples" / "dot.png"))
     page = Image.new("L", (60 * (MAX_DIGITS + 2), 100), 235)
     for index in range(MAX_DIGITS + 1):
         x = 30 + 60 * index

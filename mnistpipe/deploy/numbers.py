@@ -20,6 +20,7 @@ import numpy as np
 
 from mnistpipe.deploy import ink
 from mnistpipe.deploy.imaging import (
+    MIN_INK_SPAN,
     MIN_PIECE,
     ImageError,
     NoInkError,
@@ -50,8 +51,9 @@ class Digit:
 
 
 def digits_of_row(grey: np.ndarray) -> list[Digit]:
-    """The digits of a row of digits on a page (H, W grey levels), left to right. Refuses a
-    page with no ink (`NoInkError`), or with more than MAX_DIGITS digits."""
+    """The digits of a row of digits on a page (H, W grey levels), left to right. Refuses
+    (`NoInkError`) a page with no ink, marks too small for digits (as `to_mnist` does), or
+    more than MAX_DIGITS digits."""
     level, mask = ink_level(grey)
     found = ink.components(mask)
     if found.count == 0:
@@ -60,6 +62,11 @@ def digits_of_row(grey: np.ndarray) -> list[Digit]:
     pieces = [index for index in range(found.count) if areas[index] >= MIN_PIECE * areas.max()]
     groups = joined(pieces, boxes)
     tallest = max(bottom - top for top, _, bottom, _ in (span(boxes, g) for g in groups))
+    if tallest < MIN_INK_SPAN * min(grey.shape):  # as for one digit: a dot, a speck
+        raise NoInkError(
+            f"too little ink for a number: its tallest mark is {tallest} px, under"
+            f" {MIN_INK_SPAN:.0%} of the image's shorter side ({min(grey.shape)} px)"
+        )
     digits = []
     for group in sorted(groups, key=lambda g: span(boxes, g)[1]):
         top, left, bottom, right = span(boxes, group)
