@@ -29,6 +29,7 @@ FIGURES = (
     "class_distribution.png",
     "reliability.png",
     "ood_scores.png",
+    "photos.png",
 )
 
 
@@ -55,6 +56,8 @@ def report(tmp_path, out, chain, params):
         "predictions": "predictions.csv",
         "calibration": "calibration.csv",
         "ood": "ood.csv",
+        "photos": "photos.csv",
+        "numbers": "numbers.csv",
     }
     for name, path in chain[1].items():
         if name in names:
@@ -103,6 +106,8 @@ def test_report_has_every_figure_and_is_deterministic(tmp_path, raw_dir):
         "## Most confused pairs",
         "## Calibration",
         "## Out of distribution",
+        "## Photographed digits",
+        "## Numbers",
         "## Params of the run",
         "Weakest classes by F1",
     ):
