@@ -134,7 +134,9 @@ PHOTOS_SHOWN = 2  # per condition: the first photos evaluate took
 def photo_figure(scored: pd.DataFrame, test: Split, seed: int) -> bytes:
     """The first photos of each condition, drawn again from the seed as evaluate drew them,
     beside what the preprocessing made of them, captioned with evaluate's outcome."""
-    taken = photos(test.images, test.labels.astype("int64"), PHOTOS_SHOWN, seed)
+    per_condition = int(scored.groupby("condition").size().min())  # evaluate.photos
+    shown = min(PHOTOS_SHOWN, per_condition)
+    taken = photos(test.images, test.labels.astype("int64"), shown, seed)
     outcome = dict(zip(scored["file"], scored["outcome"], strict=True))
     examples = []
     for photo in taken:

@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 
 from mnistpipe.data.datasets import DATASETS
-from mnistpipe.deploy.imaging import FOREIGN_DIGITS
+from mnistpipe.data.processed import Split
+from mnistpipe.deploy.imaging import FOREIGN_DIGITS, prepare
 from mnistpipe.modeling.calibration import ECE_BINS
+from mnistpipe.modeling.photos import photos
 from mnistpipe.reporting import figures
 from mnistpipe.reporting.markdown import TEMPLATES, render
-from stages.report import confused_pairs
+from stages.report import confused_pairs, photo_figure
 from tests.conftest import REPO
 from tests.helpers import params_file, run_chain
 
@@ -206,3 +208,21 @@ def test_documents_come_from_templates_that_refuse_a_missing_number():
         text = template.read_text(encoding="utf-8")
         assert f"{ECE_BINS} bins" not in text and f"{FOREIGN_DIGITS} foreign" not in text
         assert "{{ ece_bins }} bins" in text
+
+
+@pytest.mark.parametrize("taken", [1, 3])
+def test_the_photo_figure_shows_what_evaluate_photographed_however_few(taken):
+    """evaluate.photos may be below the figure's two per condition (the tests' tiny run
+    takes one): the figure draws what evaluate's table has, captioned from it."""
+    digit = prepare(REPO / "samples" / "seven.png")
+    test = Split(np.stack([digit] * 3), np.array([7, 7, 7], dtype=np.uint8))
+    shot = photos(test.images, test.labels.astype(np.int64), taken, seed=1)
+    scored = pd.DataFrame(
+        {
+            "condition": [p.condition for p in shot],
+            "file": [p.name for p in shot],
+            "outcome": "answered_right",
+        }
+    )
+    image = photo_figure(scored, test, seed=1)
+    assert image.startswith(b"\x89PNG\r\n\x1a\n")
