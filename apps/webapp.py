@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -42,6 +42,7 @@ from mnistpipe.deploy.onnx_model import Answer, Answers, OnnxClassifier, classif
 from mnistpipe.deploy.serving import ServeParams
 
 STATIC_DIR = Path(__file__).with_name("static")
+T = TypeVar("T")
 FORM_OVERHEAD = 64 * 1024  # bytes of multipart framing allowed beyond the file itself
 
 
@@ -136,6 +137,26 @@ async def read_upload(request: Request, limit: int) -> bytes | JSONResponse:
     return data
 
 
+async def read_image(
+    request: Request, limit: int, convert: Callable[[bytes, str], T]
+) -> T | JSONResponse:
+    """The upload turned into the model's input by `convert` (the predict command's
+    `prepare_bytes` or `row_of_bytes`), or the error response: 413 for a decompression bomb,
+    422 for no digit on it, 400 for anything else unreadable."""
+    data = await read_upload(request, limit)
+    if isinstance(data, JSONResponse):
+        return data
+    try:
+        # Decoding can take a while (up to 40 Mpx): off the event loop.
+        return await asyncio.to_thread(convert, data, "upload")
+    except ImageTooLargeError as exc:
+        return error(413, str(exc))
+    except NoInkError as exc:
+        return error(422, str(exc))
+    except ImageError as exc:
+        return error(400, str(exc))
+
+
 def create_app(model: OnnxClassifier, health: dict[str, Any], params: ServeParams) -> FastAPI:
     """The app for one model; `health` is what `GET /healthz` reports beside its status."""
     limit = int(params.max_upload_mb * 1024 * 1024)
@@ -163,18 +184,9 @@ def create_app(model: OnnxClassifier, health: dict[str, Any], params: ServeParam
 
     @app.post("/api/predict")
     async def predict(request: Request) -> Any:
-        data = await read_upload(request, limit)
-        if isinstance(data, JSONResponse):
-            return data
-        try:
-            # Decoding can take a while (up to 40 Mpx): off the event loop.
-            image = await asyncio.to_thread(prepare_bytes, data, "upload")
-        except ImageTooLargeError as exc:
-            return error(413, str(exc))
-        except NoInkError as exc:
-            return error(422, str(exc))
-        except ImageError as exc:
-            return error(400, str(exc))
+        image = await read_image(request, limit, prepare_bytes)
+        if isinstance(image, JSONResponse):
+            return image
         answer = await batcher.submit(image)
         answered = not answer.flagged or request.query_params.get("guess") == "true"
         probabilities = answer.probabilities.tolist()
@@ -196,17 +208,9 @@ def create_app(model: OnnxClassifier, health: dict[str, Any], params: ServeParam
 
     @app.post("/api/number")
     async def number(request: Request) -> Any:
-        data = await read_upload(request, limit)
-        if isinstance(data, JSONResponse):
-            return data
-        try:
-            digits = await asyncio.to_thread(row_of_bytes, data, "upload")
-        except ImageTooLargeError as exc:
-            return error(413, str(exc))
-        except NoInkError as exc:
-            return error(422, str(exc))
-        except ImageError as exc:
-            return error(400, str(exc))
+        digits = await read_image(request, limit, row_of_bytes)
+        if isinstance(digits, JSONResponse):
+            return digits
         answers = await asyncio.gather(*(batcher.submit(digit.image) for digit in digits))
         scores = np.array([answer.score for answer in answers], dtype=np.float32)
         probabilities = np.stack([answer.probabilities for answer in answers])
