@@ -42,9 +42,6 @@ from mnistpipe.modeling.training import Data, EpochStats, TrainResult, fit
 
 log = logging.getLogger("train")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
-# Synthetic non-digits drawn once for outlier exposure: each is seen about 7 times in the
-# default recipe's 6 epochs (16 a batch), always differently augmented.
-OUTLIER_IMAGES = 6000
 
 
 class TrainSections(Sections):
@@ -117,7 +114,7 @@ def train(
     )
     outliers = None
     if params.outliers_per_batch:
-        outliers = torch.from_numpy(training_outliers(OUTLIER_IMAGES, seed)).to(device)
+        outliers = torch.from_numpy(training_outliers(params.outlier_images, seed)).to(device)
         log.info("outlier exposure: %d synthetic non-digits drawn", len(outliers))
     progress = sys.stderr.isatty()
     result = fit(model, train_data, val_data, params, seed, outliers, progress, on_epoch)

@@ -50,6 +50,7 @@ RECIPE = TrainParams(
     augment_shift=2.0,
     augment_scale=0.1,
     outliers_per_batch=0,
+    outlier_images=100,
     outlier_weight=0.5,
     ood_rejection=0.01,
 )
@@ -166,6 +167,7 @@ TINY_PARAMS = {
     "  val_size: 5000\n": "  val_size: 500\n",
     "  epochs: 6\n": "  epochs: 1\n",
     "  batch_size: 128\n": "  batch_size: 64\n",
+    "  outlier_images: 6000": "  outlier_images: 500",  # 1,264 draws: each seen 2-3 times
     "  photos: 200\n": "  photos: 1\n",  # 10 photos, JPEG and PNG: the check, not the figure
     "  numbers: 200\n": "  numbers: 1\n",
 }

@@ -92,6 +92,7 @@ model:
   augment_shift: 2.0
   augment_scale: 0.1
   outliers_per_batch: 0
+  outlier_images: 100
   outlier_weight: 0.5
   ood_rejection: 0.01
 runtime:

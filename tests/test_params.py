@@ -52,6 +52,7 @@ model:
   augment_shift: 1.5
   augment_scale: 0.0
   outliers_per_batch: 0
+  outlier_images: 100
   outlier_weight: 0.5
   ood_rejection: 0.01
 runtime:

@@ -88,6 +88,11 @@ class TrainParams(Config):
         description="synthetic non-digits added to each batch, trained towards equal"
         " probabilities (outlier exposure); 0 = off",
     )
+    outlier_images: int = Field(
+        ge=1,
+        description="synthetic non-digits drawn once before training, from which each batch"
+        " takes its outliers (about 8 ms each to draw and prepare)",
+    )
     outlier_weight: float = Field(ge=0, description="their loss's weight beside the digits'")
     ood_rejection: Fraction = Field(
         description='share of validation digits above the fitted "not a digit" threshold (ood.py)'
