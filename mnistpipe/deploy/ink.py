@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 BACKGROUND_SIDE = 48  # px: the shorter side of the image the paper's level is estimated on
@@ -23,21 +22,35 @@ BACKGROUND_BLUR = 5  # px at that size: how far the paper is interpolated under 
 def rank_filter(values: np.ndarray, size: int, largest: bool) -> np.ndarray:
     """The largest (or smallest) value in the size x size window (odd) around each pixel, the
     edges repeated: a grey dilation (erosion), one axis at a time, as a square window allows."""
-    reduce = np.max if largest else np.min
-    filtered = np.pad(values, size // 2, mode="edge")
-    for axis in (0, 1):
-        filtered = reduce(sliding_window_view(filtered, size, axis=axis), axis=-1)
-    return filtered
+    return _separable(values, size, np.maximum if largest else np.minimum)
 
 
 def box_mean(values: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) float32 mean over the size x size window (odd) around each pixel, edges repeated."""
-    half = size // 2
-    padded = np.pad(values.astype(np.float64), half + 1, mode="edge")[:-1, :-1]
-    padded[0, :] = padded[:, 0] = 0.0  # a zero row and column make the sums start at zero
-    sums = padded.cumsum(0).cumsum(1)
-    window = sums[size:, size:] - sums[:-size, size:] - sums[size:, :-size] + sums[:-size, :-size]
-    return (window / size**2).astype(np.float32)
+    """(H, W) float32 mean over the size x size window (odd) around each pixel, edges repeated
+    (summed in float64, one axis at a time)."""
+    sums = _separable(values.astype(np.float64), size, np.add)
+    return (sums / size**2).astype(np.float32)
+
+
+def _separable(values: np.ndarray, size: int, combine: np.ufunc) -> np.ndarray:
+    """`combine` folded over the size x size window (odd) around each pixel, edges repeated,
+    in a fixed order (the same results on every CPU): over each column's window of shifted
+    rows, then each row's window of shifted columns (a filter that separates, as max and sum
+    do)."""
+    half, (height, width) = size // 2, values.shape
+    padded = np.empty((height + 2 * half, width + 2 * half), dtype=values.dtype)
+    padded[half : half + height, half : half + width] = values
+    padded[:half, half : half + width] = values[0]
+    padded[half + height :, half : half + width] = values[-1]
+    padded[:, :half] = padded[:, half : half + 1]
+    padded[:, half + width :] = padded[:, half + width - 1 : half + width]
+    columns = padded[:height].copy()
+    for offset in range(1, size):
+        combine(columns, padded[offset : offset + height], out=columns)
+    folded = columns[:, :width].copy()
+    for offset in range(1, size):
+        combine(folded, columns[:, offset : offset + width], out=folded)
+    return folded
 
 
 def background(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
