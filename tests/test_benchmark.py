@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from benchmarks import step_profile
 from tests.conftest import REPO
 
 RECIPES = ["default", "examples-cnn", "fast", "mlp", "seed-mlp"]  # conf/recipe/, default first
@@ -71,3 +72,21 @@ def test_unknown_recipe_is_one_clear_error(tmp_path):
     known = "known: default, examples-cnn, fast, mlp, seed-mlp"
     assert f"unknown recipe 'turbo'; {known}" in result.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_step_breakdown_sums_its_parts_and_keeps_the_whole():
+    results = {
+        "fast, 1 thread": {"conv forward": 2.0, "batch norm (fwd+bwd)": 1.5, "whole step": 4.0},
+        "portable, 2 threads": {
+            "conv forward": 3.0,
+            "batch norm (fwd+bwd)": 4.0,
+            "whole step": 6.5,
+        },
+    }
+    lines = step_profile.table(results).splitlines()
+    assert lines[0] == "| operation | fast, 1 thread (ms) | portable, 2 threads (ms) |"
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines[2:]}
+    assert rows["conv forward"] == ["2.00", "3.00 |"]
+    assert rows["sum of the parts"] == ["3.5", "7.0 |"]
+    assert rows["whole step minus the parts"] == ["0.5", "-0.5 |"]
+    assert rows["**whole step**"] == ["**4.0**", "**6.5** |"]
