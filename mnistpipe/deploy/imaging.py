@@ -4,8 +4,21 @@ The predict command and the server use it on every image; `evaluate` on the fore
 
 MNIST digits are light ink on black, fitted into a 20x20 box (aspect kept, anti-aliased) and
 placed in a 28x28 canvas so that their centre of mass is at the centre. A photo or a scan is
-dark ink on light paper, of any size, anywhere on the page: `to_mnist` inverts it when needed,
-crops to the ink, scales the longer side to 20 px and centres it by mass.
+dark ink on light paper, of any size, anywhere on the page, under uneven light, with noise,
+JPEG artefacts and perhaps a notebook's lines. So `to_mnist`, step by step:
+
+1. `load_grey`: decodes (a JPEG at reduced scale) and shrinks the image to `WORK_SIDE` px;
+2. `ink_level`: decides the ink's polarity from the page's extremes, estimates the paper's
+   level under every pixel (ink.background: shadows, vignetting), measures the ink against
+   it, and keeps what stands out of the noise and of faint lines (`NOISE_SIGMAS`,
+   `INK_SHARE`), a notebook's ruled lines left out;
+3. `digit_components`: the connected components that form the digit, specks dropped;
+   `require_span` refuses a dot;
+4. `digit_image`: crops to the strokes, scales their ink so that a stroke's core is full,
+   brings the stroke width into MNIST's range (`WIDTH_RANGE`), fits the longer side to 20 px
+   and centres by mass.
+
+Blank, faint and speck-sized ink is refused (`NoInkError`) before any model sees it.
 """
 
 from __future__ import annotations

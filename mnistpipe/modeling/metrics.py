@@ -5,12 +5,13 @@ Floats are rounded to 6 decimals, so the files a rerun writes are the same bytes
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from mnistpipe.config import Config
 
@@ -35,6 +36,14 @@ class EvaluateParams(Config):
     )
 
 
+def sklearn_metrics() -> ModuleType:
+    """`sklearn.metrics`, imported on first use: train imports this module for `cross_entropy`,
+    and importing scikit-learn would cost it 0.7-0.9 s."""
+    import sklearn.metrics
+
+    return sklearn.metrics
+
+
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean cross-entropy of (N, C) float32 logits against (N,) int64 labels: the `loss` of the
     training history and of the test metrics (calibration.py fits its temperature in float64)."""
@@ -45,7 +54,7 @@ def summary_metrics(labels: np.ndarray, logits: torch.Tensor) -> dict[str, float
     """Accuracy, mean cross-entropy, macro precision/recall/F1 and the misclassified count."""
     predicted = logits.argmax(1).numpy()
     loss = cross_entropy(logits, torch.from_numpy(labels).long())
-    precision, recall, f1, _ = precision_recall_fscore_support(
+    precision, recall, f1, _ = sklearn_metrics().precision_recall_fscore_support(
         labels, predicted, average="macro", zero_division=0
     )
     return {
@@ -61,7 +70,7 @@ def summary_metrics(labels: np.ndarray, logits: torch.Tensor) -> dict[str, float
 
 def confusion_table(labels: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]):
     """10x10 counts: rows are the actual class, columns the predicted one."""
-    counts = confusion_matrix(labels, predicted, labels=range(len(classes)))
+    counts = sklearn_metrics().confusion_matrix(labels, predicted, labels=range(len(classes)))
     return pd.DataFrame(
         counts,
         index=pd.Index(classes, name="actual"),
@@ -72,7 +81,7 @@ def confusion_table(labels: np.ndarray, predicted: np.ndarray, classes: tuple[st
 def per_class_table(
     labels: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]
 ) -> pd.DataFrame:
-    precision, recall, f1, support = precision_recall_fscore_support(
+    precision, recall, f1, support = sklearn_metrics().precision_recall_fscore_support(
         labels, predicted, labels=range(len(classes)), zero_division=0
     )
     table = pd.DataFrame(

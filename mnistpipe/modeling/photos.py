@@ -148,9 +148,8 @@ def render_row(
     little up and down, photographed as `look` says (`render`)."""
     height = int(rng.integers(200, 361))
     side = max(8, round(height * rng.uniform(0.3, 0.55) / SPAN_OF_CANVAS))
-    return photograph(
-        _row_mask([_digit_mask(d, side, look, rng) for d in digits], rng), height, look, rng
-    )
+    mask = _row_mask([_digit_mask(d, side, look, rng) for d in digits], rng)
+    return photograph(mask, row_page(mask, height, rng), look, rng)
 
 
 def render_word(
@@ -161,7 +160,14 @@ def render_word(
     size = max(8, round(height * rng.uniform(0.3, 0.55)))
     canvas = Image.new("L", (size * (len(word) + 1), 2 * size), 0)
     ImageDraw.Draw(canvas).text((size // 2, size // 2), word, fill=255, font=font(font_name, size))
-    return photograph(canvas.crop(canvas.getbbox()), height, look, rng)
+    mask = canvas.crop(canvas.getbbox())
+    return photograph(mask, row_page(mask, height, rng), look, rng)
+
+
+def row_page(mask: Image.Image, height: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(height, width) of the page for a row of ink `mask`: `height` px (or the ink's, if
+    taller), and as wide as needed for the ink to span 60-90% of it."""
+    return max(height, mask.height + 2), max(height, round(mask.width / rng.uniform(0.6, 0.9)))
 
 
 def _row_mask(masks: list[Image.Image], rng: np.random.Generator) -> Image.Image:
@@ -181,14 +187,11 @@ def _row_mask(masks: list[Image.Image], rng: np.random.Generator) -> Image.Image
 
 
 def photograph(
-    mask: Image.Image, size: tuple[int, int] | int, look: Look, rng: np.random.Generator
+    mask: Image.Image, size: tuple[int, int], look: Look, rng: np.random.Generator
 ) -> tuple[bytes, str]:
-    """Ink of coverage `mask` ('L') put wholly on a page of (height, width) px, or of that
-    height and as wide as the ink needs (a row), and photographed as `look` says: paper,
-    notebook lines, pen colour, blur, light, noise and the file format. Returns the file's
-    bytes and suffix."""
-    if isinstance(size, int):  # a row: the ink spans 60-90% of the page's width
-        size = (max(size, mask.height + 2), max(size, round(mask.width / rng.uniform(0.6, 0.9))))
+    """Ink of coverage `mask` ('L') put on a page of `size` (height, width) px and
+    photographed as `look` says: paper, notebook lines, pen colour, blur, light, noise and the
+    file format. Returns the file's bytes and suffix."""
     height, width = size
     level = int(rng.integers(look.paper[0], look.paper[1] + 1))
     tint = rng.integers(-6, 7, 3)  # white balance
