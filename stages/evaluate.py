@@ -52,6 +52,7 @@ from mnistpipe.modeling.metrics import (
 from mnistpipe.modeling.models import predict_logits
 from mnistpipe.modeling.page_scores import (
     FOREIGN,
+    evenly_spread,
     foreign_pages,
     outcomes,
     right_answers,
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     kinds = {kind: ood_pages(kind, seed) for kind in OOD_KINDS}
     if meta.classes == DIGITS:  # foreign digits are digits: other datasets skip them
         kinds[FOREIGN] = foreign_pages()
+    kinds = {kind: evenly_spread(pages, params.non_digit_share) for kind, pages in kinds.items()}
     ood_table = pd.concat(
         [
             scored_pages(kind, pages, model, checkpoint.temperature, batch)

@@ -106,6 +106,7 @@ evaluate:
   batch_size: 16
   photos: 2
   numbers: 2
+  non_digit_share: 0.1
 report:
   misclassified_shown: 16
   samples_shown: 8

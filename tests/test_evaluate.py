@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from mnistpipe.modeling.metrics import (
     per_class_table,
     summary_metrics,
 )
+from mnistpipe.modeling.page_scores import evenly_spread
 
 CLASSES = tuple("0123456789")
 
@@ -88,3 +91,14 @@ def test_misclassified_rows_hold_the_top_two_classes():
     assert table["second_confidence"].iloc[1] == pytest.approx(
         probabilities[2, 2].item(), abs=1e-6
     )
+
+
+def test_a_share_of_the_non_digit_pages_is_evenly_spread_and_never_none():
+    pages = [(np.full((2, 2), shade, np.float32), f"shade {shade}") for shade in range(256)]
+    assert all(a is b for a, b in zip(evenly_spread(pages, 1.0), pages, strict=True))
+    names = [name for _, name in evenly_spread(pages, 0.1)]
+    assert len(names) == 26  # ceil(25.6)
+    assert names[0] == "shade 0" and names[-1] == "shade 255"  # dark to light, both ends
+    shades = [int(name.split()[1]) for name in names]
+    assert all(9 <= b - a <= 11 for a, b in itertools.pairwise(shades))  # 255 / 25 apart
+    assert [name for _, name in evenly_spread(pages[:3], 0.01)] == ["shade 0"]

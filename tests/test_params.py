@@ -66,6 +66,7 @@ evaluate:
   batch_size: 500
   photos: 10
   numbers: 10
+  non_digit_share: 1.0
 report:
   misclassified_shown: 32
   samples_shown: 32

@@ -7,6 +7,7 @@ its OOD table and metrics; the benchmarks use the same ones, so each check exist
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -37,6 +38,13 @@ def foreign_pages() -> list[Page]:
     """imaging.foreign_digit_pages, each named by its digit."""
     pages, labels = foreign_digit_pages()
     return list(zip(pages, map(str, labels), strict=True))
+
+
+def evenly_spread(pages: list[Page], share: float) -> list[Page]:
+    """The share `share` (0-1] of `pages` spread evenly over them, in order, never none: all of
+    them at 1 (a blank kind's shades dark to light stay dark to light at any share)."""
+    count = max(1, math.ceil(share * len(pages)))
+    return [pages[i] for i in np.unique(np.linspace(0, len(pages) - 1, count).round().astype(int))]
 
 
 def prepare_pages(pages: list[Page]) -> tuple[np.ndarray, np.ndarray]:
