@@ -22,10 +22,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from tools.compose_params import compose
+
+if TYPE_CHECKING:  # torch is imported by the workers only, after the launcher set numerics
+    import torch
+    from torch import nn
+
+    from mnistpipe.modeling.recipe import TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,15 +52,19 @@ def median_ms(run: Callable[[], object]) -> float:
     return statistics.median(times) * 1000
 
 
+# Per-layer operations other than convolutions, by the name the table gives them
+OTHER_LAYERS = {"BatchNorm2d": "batch norm", "ReLU": "relu", "MaxPool2d": "max pool"}
+CONV_ARGS = ([1, 1], [1, 1], [1, 1], False, [0, 0], 1)  # stride, padding, dilation, ... groups
+
+
 def profile(mode: str, threads: int) -> dict[str, float]:
     """{operation: ms per step} in this process, which the launcher started in `mode`."""
     import torch
-    from torch import nn
 
     from mnistpipe.modeling.device import apply_numerics, make_deterministic
     from mnistpipe.modeling.models import ModelParams, build_model
     from mnistpipe.modeling.recipe import TrainParams, make_optimizer
-    from mnistpipe.modeling.training import Data, augment, train_epoch
+    from mnistpipe.modeling.training import augment
 
     params = yaml.safe_load(compose(REPO, ["recipe=default"]))
     recipe = TrainParams(**params["train"])
@@ -65,79 +76,86 @@ def profile(mode: str, threads: int) -> dict[str, float]:
     batch = recipe.batch_size + recipe.outliers_per_batch
     probe = torch.rand(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 
-    inputs: dict[nn.Module, torch.Tensor] = {}  # each layer's input, in the step's layout
-
-    def keep_input(layer: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        inputs[layer] = args[0].detach().clone()
-
-    hooks = [
-        layer.register_forward_hook(keep_input)
-        for layer in model.modules()
-        if isinstance(layer, nn.Conv2d | nn.BatchNorm2d | nn.ReLU | nn.MaxPool2d | nn.Linear)
-    ]
-    model.train()
-    model(probe)
-    for hook in hooks:
-        hook.remove()
-
-    def grad_of(layer: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-        x = x.clone().requires_grad_()
-        out = layer(x)
-        grad = torch.randn_like(out)
-
-        def forward_backward() -> None:
-            layer(x).backward(grad)
-
-        return forward_backward
-
-    conv_args = ([1, 1], [1, 1], [1, 1], False, [0, 0], 1)
-    rows: dict[str, float] = {}
-    for layer, x in inputs.items():
-        kind = type(layer).__name__
-        if isinstance(layer, nn.Conv2d):
-            name = f"conv {layer.in_channels}->{layer.out_channels} @{x.shape[-1]}px"
-            w = layer.weight.detach()
-            y = torch.ops.aten.convolution(x, w, None, *conv_args)
-            g = torch.randn_like(y)
-            rows[f"{name} forward"] = median_ms(
-                lambda x=x, w=w: torch.ops.aten.convolution(x, w, None, *conv_args)
-            )
-            for product, mask in PRODUCTS:
-                rows[f"{name} {product}"] = median_ms(
-                    lambda g=g, x=x, w=w, mask=mask: torch.ops.aten.convolution_backward(
-                        g, x, w, None, *conv_args, mask
-                    )
-                )
-        else:
-            key = {"BatchNorm2d": "batch norm", "ReLU": "relu", "MaxPool2d": "max pool"}
-            key = key.get(kind, "linear")
-            needs_grad = isinstance(layer, nn.ReLU)  # in place: no grad through a leaf
-            run = grad_of(nn.ReLU(), x) if needs_grad else grad_of(layer, x)
-            rows[f"{key} (fwd+bwd)"] = rows.get(f"{key} (fwd+bwd)", 0.0) + median_ms(run)
-
+    rows = layer_times(layer_inputs(model, probe))
     optimizer = make_optimizer(model, recipe)
     for parameter in model.parameters():
         parameter.grad = torch.randn_like(parameter)
     rows["optimizer step"] = median_ms(optimizer.step)
     draws = torch.rand(batch, 4)
     rows["augmentation"] = median_ms(lambda: augment(probe, recipe, draws))
+    rows["whole step"] = whole_step_ms(model, optimizer, recipe)
+    return {name: round(ms, 2) for name, ms in rows.items()}
+
+
+def layer_inputs(model: nn.Module, probe: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+    """{layer: its input in a training forward pass of `probe`, in the step's memory layout}
+    for the convolutions, batch norms, ReLUs, max pools and linear layers of `model`."""
+    from torch import nn
+
+    inputs: dict[nn.Module, torch.Tensor] = {}
+
+    def keep_input(layer: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        inputs[layer] = args[0].detach().clone()
+
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Linear)
+    hooks = [m.register_forward_hook(keep_input) for m in model.modules() if isinstance(m, kinds)]
+    model.train()
+    model(probe)
+    for hook in hooks:
+        hook.remove()
+    return inputs
+
+
+def layer_times(inputs: dict[nn.Module, torch.Tensor]) -> dict[str, float]:
+    """Milliseconds of each convolution's three products, and of the other layers' forward and
+    backward summed by kind."""
+    import torch
+    from torch import nn
+
+    rows: dict[str, float] = {}
+    for layer, x in inputs.items():
+        if isinstance(layer, nn.Conv2d):
+            name = f"conv {layer.in_channels}->{layer.out_channels} @{x.shape[-1]}px"
+            w = layer.weight.detach()
+            g = torch.randn_like(torch.ops.aten.convolution(x, w, None, *CONV_ARGS))
+            rows[f"{name} forward"] = median_ms(
+                lambda x=x, w=w: torch.ops.aten.convolution(x, w, None, *CONV_ARGS)
+            )
+            for product, mask in PRODUCTS:
+                rows[f"{name} {product}"] = median_ms(
+                    lambda g=g, x=x, w=w, mask=mask: torch.ops.aten.convolution_backward(
+                        g, x, w, None, *CONV_ARGS, mask
+                    )
+                )
+            continue
+        key = f"{OTHER_LAYERS.get(type(layer).__name__, 'linear')} (fwd+bwd)"
+        # the model's ReLUs work in place, which a leaf tensor that needs a gradient refuses
+        timed = nn.ReLU() if isinstance(layer, nn.ReLU) else layer
+        x = x.clone().requires_grad_()
+        grad = torch.randn_like(timed(x))
+        rows[key] = rows.get(key, 0.0) + median_ms(lambda t=timed, x=x, g=grad: t(x).backward(g))
+    return rows
+
+
+def whole_step_ms(
+    model: nn.Module, optimizer: torch.optim.Optimizer, recipe: TrainParams
+) -> float:
+    """Milliseconds per step of the train stage's own `train_epoch` on `STEPS` batches of random
+    images, with outliers, after an epoch of warm-up."""
+    import torch
+
+    from mnistpipe.modeling.training import Data, train_epoch
 
     count = recipe.batch_size * STEPS
     images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8)
     data = Data(images, torch.randint(0, 10, (count,)))
     outliers = torch.randint(0, 256, (500, 28, 28), dtype=torch.uint8)
-    one_epoch = recipe.model_copy(update={"epochs": 1})
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     generator = torch.Generator().manual_seed(0)
-
-    def epoch() -> None:
-        train_epoch(model, optimizer, schedule, data, one_epoch, generator, None, outliers)
-
-    epoch()  # warm-up
+    train_epoch(model, optimizer, schedule, data, recipe, generator, None, outliers)  # warm-up
     start = time.perf_counter()
-    epoch()
-    rows["whole step"] = (time.perf_counter() - start) / STEPS * 1000
-    return {name: round(ms, 2) for name, ms in rows.items()}
+    train_epoch(model, optimizer, schedule, data, recipe, generator, None, outliers)
+    return (time.perf_counter() - start) / STEPS * 1000
 
 
 def table(results: dict[str, dict[str, float]]) -> str:

@@ -117,7 +117,8 @@ def ink_level(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     extremes, typical = ink.box_mean(grey, 3), float(np.median(grey))
     dark_ink = typical - float(extremes.min()) > float(extremes.max()) - typical
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if min(grey.shape) < SMALL_PAGE:  # a drawing or an MNIST image, evenly lit
+    small = min(grey.shape) < SMALL_PAGE  # a drawing or an MNIST image: evenly lit, no noise
+    if small:
         paper = np.full(grey.shape, np.median(border), dtype=np.float32)
     else:
         paper = ink.background(grey, dark_ink)
@@ -132,14 +133,17 @@ def ink_level(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if strength < MIN_CONTRAST:
         raise NoInkError("no ink found (the image is blank or has too little contrast)")
     # The noise's robust deviation, from a quarter of the pixels (as good, in less time); a
-    # drawing or an MNIST image has none to speak of, and its ink may cover half of it.
-    sample = smooth[::2, ::2]
-    noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
-    if min(grey.shape) < SMALL_PAGE:
-        noise = 0.0
+    # small page has none to speak of, and its ink may cover half of it.
+    noise = 0.0 if small else robust_deviation(smooth[::2, ::2])
     mask = smooth > max(NOISE_SIGMAS * noise, INK_SHARE * strength)
     mask &= ~ink.notebook_lines(mask, LINE_SPAN)
     return np.clip(level, 0.0, None), mask
+
+
+def robust_deviation(values: np.ndarray) -> float:
+    """The standard deviation of Gaussian noise estimated from `values` by the median absolute
+    deviation: outliers (the ink) barely move it."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
 def ink_strokes(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
