@@ -91,6 +91,7 @@ model:
   augment_rotate: 10.0
   augment_shift: 2.0
   augment_scale: 0.1
+  augment_blur: 0.0
   outliers_per_batch: 0
   outlier_images: 100
   outlier_weight: 0.5

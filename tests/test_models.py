@@ -182,6 +182,26 @@ def test_a_format_4_checkpoint_still_loads_with_its_runtime_moved_out_of_the_rec
         load_checkpoint(path)
 
 
+def test_a_checkpoint_from_before_a_recipe_key_reads_back_with_what_trained_it(tmp_path):
+    """Keys added to the recipe later (ADDED_RECIPE_KEYS) read as the value training used
+    before they existed; a key that was there keeps its own value."""
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, make_checkpoint())
+    payload = torch.load(path, weights_only=True)
+    payload["recipe"] = {**payload["recipe"], "outlier_images": 123}
+    del payload["recipe"]["augment_blur"]
+    torch.save(payload, path)
+    loaded = load_checkpoint(path)
+    assert (loaded.recipe.augment_blur, loaded.recipe.outlier_images) == (0.0, 123)
+    del payload["recipe"]["outlier_images"]
+    torch.save(payload, path)
+    assert load_checkpoint(path).recipe.outlier_images == 6000
+    payload["recipe"]["epochs"] = "many"
+    torch.save(payload, path)
+    with pytest.raises(PipelineError, match=r"model.pt: inconsistent checkpoint"):
+        load_checkpoint(path)
+
+
 def test_checkpoint_whose_weights_do_not_fit_its_config_is_refused(tmp_path):
     checkpoint = make_checkpoint()
     wrong_config = CNNConfig(channels=(4, 16), convs=(1, 1))

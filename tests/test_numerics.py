@@ -37,9 +37,10 @@ def test_portable_training_is_the_same_whatever_the_thread_count(portable_runs):
     )
     for threads, run in portable_runs.items():
         assert run["threads"] == threads
-        assert (run["weights_sha256"], run["logits_sha256"]) == (
+        assert (run["weights_sha256"], run["logits_sha256"], run["blur_sha256"]) == (
             one["weights_sha256"],
             one["logits_sha256"],
+            one["blur_sha256"],
         ), f"{threads} threads differ from 1"
     # The check can fail: MKL on torch's thread count (its COMPATIBLE branch has no
     # thread-invariant mode) gives the linear layer other weights with 3 threads than with 1.
@@ -51,7 +52,7 @@ def test_portable_training_is_the_same_whatever_the_thread_count(portable_runs):
 def test_portable_training_matches_the_committed_fingerprint(portable_runs):
     expected = json.loads(FINGERPRINT.read_text())
     run = portable_runs[2]
-    found = {key: run[key] for key in ("weights_sha256", "logits_sha256")}
+    found = {key: run[key] for key in ("weights_sha256", "logits_sha256", "blur_sha256")}
     wanted = {key: expected[key] for key in found}
     assert found == wanted, (
         f"portable numerics gave other bytes on this machine: {run['cpu']} (ATen"

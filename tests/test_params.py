@@ -51,6 +51,7 @@ model:
   augment_rotate: 0
   augment_shift: 1.5
   augment_scale: 0.0
+  augment_blur: 0.0
   outliers_per_batch: 0
   outlier_images: 100
   outlier_weight: 0.5

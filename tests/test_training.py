@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -6,7 +7,15 @@ from mnistpipe.modeling.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.modeling.device import make_deterministic, select_device
 from mnistpipe.modeling.models import build_model, to_unit
 from mnistpipe.modeling.recipe import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
-from mnistpipe.modeling.training import Data, augment, fit, loss_and_accuracy, train_epoch
+from mnistpipe.modeling.training import (
+    BLUR_SIDES,
+    Data,
+    augment,
+    blur,
+    fit,
+    loss_and_accuracy,
+    train_epoch,
+)
 from tests.conftest import RECIPE, SMALL_CNN, toy_data
 
 
@@ -121,6 +130,38 @@ def test_pure_shift_moves_an_image_by_whole_pixels():
     # Draws of 1.0 on both shift axes sample 2 px further on: the dot moves exactly 2 px back.
     exact = augment(image, params, torch.tensor([[0.5, 0.5, 1.0, 1.0]]))
     assert torch.nonzero(exact[0, 0] > 0.99).tolist() == [[8, 8]]
+
+
+def bilinear_up(image: np.ndarray, size: int) -> np.ndarray:
+    """(s, s) -> (size, size) by bilinear interpolation between pixel centres, the edge pixel
+    repeated beyond them: PyTorch's align_corners=False, written out."""
+    centres = (np.arange(size) + 0.5) * image.shape[0] / size - 0.5
+    low = np.clip(np.floor(centres), 0, image.shape[0] - 1).astype(int)
+    high = np.minimum(low + 1, image.shape[0] - 1)
+    weight = np.clip(centres - low, 0, 1)
+    rows = image[low] * (1 - weight)[:, None] + image[high] * weight[:, None]
+    return rows[:, low] * (1 - weight)[None, :] + rows[:, high] * weight[None, :]
+
+
+def test_blur_draws_the_chosen_images_at_a_lower_resolution_with_their_peak_kept():
+    images = to_unit(toy_data(6, 0).images) * torch.tensor([1.0, 0.5, 1, 1, 1, 1]).view(6, 1, 1, 1)
+    side = 14  # 2x2 blocks: the area average is each block's mean
+    which = (side - BLUR_SIDES.start + 0.5) / len(BLUR_SIDES)
+    draws = torch.tensor([[0.1, which], [0.2, which], [0.9, which], [0.6, which]] + [[0.7, 0]] * 2)
+    blurred = blur(images, 0.5, draws)
+    assert blurred.shape == images.shape
+    torch.testing.assert_close(blurred[2:], images[2:], atol=0, rtol=0)  # draws >= share
+    for index in (0, 1):
+        sharp = images[index, 0].numpy().astype(np.float64)
+        blocks = sharp.reshape(side, 2, side, 2).mean(axis=(1, 3))
+        expected = bilinear_up(blocks, 28)
+        expected *= sharp.max() / expected.max()
+        np.testing.assert_allclose(blurred[index, 0].numpy(), expected, atol=1e-5)
+        assert blurred[index].max().item() == pytest.approx(sharp.max(), abs=1e-6)
+    assert not torch.allclose(blurred[:2], images[:2])
+    assert blur(images, 0.0, draws) is images
+    everything = blur(images, 1.0, torch.rand(6, 2, generator=torch.Generator().manual_seed(1)))
+    assert not torch.isclose(everything, images).all((1, 2, 3)).any()  # each one blurred
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,9 @@ from mnistpipe.modeling.recipe import TrainParams
 # 4: the OOD score's threshold; 5: the recipe as given, the numerics mode beside the device
 CHECKPOINT_FORMAT = 5
 READABLE_FORMATS = (4, 5)  # 4 is read by moving its recipe's device and numerics out
+# Recipe keys added since format 4, with what training did before they existed: an older
+# checkpoint reads back with the recipe that really trained it.
+ADDED_RECIPE_KEYS = {"outlier_images": 6000, "augment_blur": 0.0}
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             recipe = dict(payload["recipe"])
             payload |= {"numerics": recipe.pop("numerics"), "recipe": recipe}
             recipe.pop("device")
+        payload["recipe"] = ADDED_RECIPE_KEYS | dict(payload["recipe"])
         name = str(payload["model"]["name"])
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")

@@ -82,6 +82,10 @@ class TrainParams(Config):
         ge=0, description="pixels of random translation, each way; 0 = off"
     )
     augment_scale: float = Field(ge=0, lt=1, description="random zoom of 1 ± this; 0 = off")
+    augment_blur: Fraction = Field(
+        description="share of training images (digits and outliers) drawn at a lower"
+        " resolution, 10-20 px, as a blurred photo or a low-resolution scan gives them; 0 = off"
+    )
     # Outlier exposure (Hendrycks et al., 2019), synthetic.py's non-digits
     outliers_per_batch: int = Field(
         ge=0,

@@ -65,6 +65,33 @@ def augment(images: torch.Tensor, params: TrainParams, draws: torch.Tensor) -> t
     return shifted.contiguous(memory_format=torch.channels_last)
 
 
+# Sides (px) that `blur` draws an image down to, evenly. 10 px leaves MNIST's 20 px digit box
+# at about half resolution, as scikit-learn's 8x8 digits are once the photo path scales them
+# to that box; 20 px is a faint softening.
+BLUR_SIDES = range(10, 21)
+
+
+def blur(images: torch.Tensor, share: float, draws: torch.Tensor) -> torch.Tensor:
+    """A share `share` of the (N, 1, 28, 28) images in [0, 1], drawn at a lower resolution:
+    averaged down to a side from BLUR_SIDES, bilinear back up to 28, and scaled so that their
+    brightest pixel stays as bright (the photo path stretches ink to the full range, so a
+    blurred digit never arrives dim). `draws` (N, 2) uniform in [0, 1) picks which and how.
+    The rest are returned as they are."""
+    if not share:
+        return images
+    chosen = draws[:, 0] < share
+    sides = BLUR_SIDES.start + (draws[:, 1] * len(BLUR_SIDES)).long()
+    blurred = images.clone()
+    for side in sides[chosen].unique().tolist():
+        pick = chosen & (sides == side)
+        sharp = images[pick]
+        small = F.interpolate(sharp, size=side, mode="area")
+        soft = F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        peak, soft_peak = sharp.amax((1, 2, 3), keepdim=True), soft.amax((1, 2, 3), keepdim=True)
+        blurred[pick] = soft * (peak / soft_peak.clamp_min(1e-6))
+    return blurred
+
+
 def outlier_loss(logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of (N, C) logits against equal probabilities for every class: outlier
     exposure's "none of these"."""
@@ -98,15 +125,25 @@ def train_epoch(
         steps, per_batch = math.ceil(len(order) / params.batch_size), params.outliers_per_batch
         picks = torch.randint(len(outliers), (steps, per_batch), generator=generator).to(device)
         outlier_draws = torch.rand(steps, per_batch, 4, generator=generator).to(device)
+    if params.augment_blur:  # drawn last: a recipe without blur keeps its random stream
+        blur_draws = torch.rand(len(order), 2, generator=generator).to(device)
+        if exposed:
+            outlier_blur = torch.rand(steps, per_batch, 2, generator=generator).to(device)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for step, start in enumerate(range(0, len(order), params.batch_size)):
         batch = order[start : start + params.batch_size]
         images, batch_draws = data.images[batch], draws[start : start + len(batch)]
+        if params.augment_blur:
+            batch_blur = blur_draws[start : start + len(batch)]
         if exposed:  # one forward pass: the digits, then the outliers
             images = torch.cat([images, outliers[picks[step]]])
             batch_draws = torch.cat([batch_draws, outlier_draws[step]])
+            if params.augment_blur:
+                batch_blur = torch.cat([batch_blur, outlier_blur[step]])
         inputs = augment(to_unit(images), params, batch_draws)
+        if params.augment_blur:
+            inputs = blur(inputs, params.augment_blur, batch_blur)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             all_logits = model(inputs).float()
         logits = all_logits[: len(batch)]
