@@ -122,16 +122,21 @@ def training_curves(history: pd.DataFrame) -> bytes:
 
 
 def digit_grid(images: np.ndarray, captions: list[str], title: str, columns: int = 8) -> bytes:
-    """(N, 28, 28) uint8 images in a grid, each with its caption."""
+    """(N, 28, 28) uint8 images in a grid, each with its caption above it: one mosaic in one
+    axes (a subplot per digit took 1.3 s a grid, mostly in tight_layout's tick machinery)."""
     rows = max(1, -(-len(images) // columns))
-    figure, axes_grid = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.5))
-    for index, axes in enumerate(np.atleast_1d(axes_grid).flat):
-        axes.axis("off")
-        if index < len(images):
-            axes.imshow(images[index], cmap="gray_r", vmin=0, vmax=255)
-            axes.set_title(captions[index], fontsize=8)
-    figure.suptitle(title)
-    figure.tight_layout()
+    side, gap, band = images.shape[-1], 4, 14  # px in the mosaic: digit, margin, caption band
+    cell_width, cell_height = side + 2 * gap, side + gap + band
+    mosaic = np.zeros((rows * cell_height, columns * cell_width), dtype=np.uint8)
+    figure = plt.figure(figsize=(columns * 1.3, rows * 1.5 + 0.4))
+    axes = figure.add_axes((0.0, 0.0, 1.0, rows * 1.5 / (rows * 1.5 + 0.4)))
+    for index, (image, caption) in enumerate(zip(images, captions, strict=True)):
+        top, left = index // columns * cell_height + band, index % columns * cell_width + gap
+        mosaic[top : top + side, left : left + side] = image
+        axes.text(left + side / 2, top - 2, caption, ha="center", va="bottom", fontsize=8)
+    axes.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, aspect="auto")
+    axes.axis("off")
+    figure.suptitle(title, y=1 - 0.15 / (rows * 1.5 + 0.4))
     return to_png(figure)
 
 
