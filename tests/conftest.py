@@ -201,6 +201,27 @@ def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path
     return folder
 
 
+def build_stage_chain(folder: Path) -> None:
+    from tests.helpers import params_file, run_chain  # helpers imports this module
+
+    raw = folder / "raw"
+    raw.mkdir()
+    for name, data in synthetic_files().items():
+        (raw / name).write_bytes(data)
+    run_chain(folder, raw, params_file(folder, raw), "a")
+
+
+@pytest.fixture(scope="session")
+def stage_chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path], Path]:
+    """(folder, evaluate's output paths, params file) of preprocess, train, export and evaluate
+    run as users run them, once per test run, on the synthetic dataset with tests/helpers'
+    PARAMS: for the tests that only read what the stages wrote (copy before changing it)."""
+    from tests.helpers import evaluate_paths
+
+    folder = built_once(tmp_path_factory, "stage_chain", build_stage_chain)
+    return folder / "a", evaluate_paths(folder / "a"), folder / "params.yaml"
+
+
 def build_baseline(folder: Path) -> None:
     repo = copy_repo(folder / "repo")
     edit_config(repo, TINY_PARAMS)

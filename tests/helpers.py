@@ -145,6 +145,11 @@ def params_file(tmp_path, raw_dir, **replace):
     return path
 
 
+def evaluate_paths(out: Path) -> dict[str, Path]:
+    """Where `run_chain` has evaluate write each of its outputs (OUTPUTS) in `out`."""
+    return {name: out / f"{name}.out" for name in OUTPUTS}
+
+
 def run_chain(tmp_path, raw_dir, params, run):
     """preprocess, train, export and evaluate into tmp_path/run; return the evaluate outputs."""
     out = tmp_path / run
@@ -189,7 +194,7 @@ def run_chain(tmp_path, raw_dir, params, run):
         params,
     )
     assert result.returncode == 0, result.stderr
-    paths = {name: out / f"{name}.out" for name in OUTPUTS}
+    paths = evaluate_paths(out)
     flags = [item for name in OUTPUTS for item in (f"--{name}", paths[name])]
     result = stage(
         "evaluate", "--data", data, "--model", out / "model.pt", *flags, "--params", params

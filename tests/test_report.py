@@ -21,7 +21,7 @@ from mnistpipe.reporting import figures
 from mnistpipe.reporting.markdown import TEMPLATES, render
 from stages.report import confused_pairs, photo_figure
 from tests.conftest import REPO
-from tests.helpers import params_file, run_chain
+from tests.helpers import params_file
 
 FIGURES = (
     "confusion_matrix.png",
@@ -87,9 +87,8 @@ def report(tmp_path, out, chain, params):
 
 
 @pytest.mark.slow
-def test_report_has_every_figure_and_is_deterministic(tmp_path, raw_dir):
-    params = params_file(tmp_path, raw_dir)
-    chain = run_chain(tmp_path, raw_dir, params, "run")
+def test_report_has_every_figure_and_is_deterministic(tmp_path, stage_chain):
+    *chain, params = stage_chain
     outputs = []
     for name in ("first", "second"):
         result = report(tmp_path, tmp_path / name, chain, params)

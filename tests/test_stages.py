@@ -1,6 +1,7 @@
 """The stages as users run them: `python -m stages.<name>`, with one-line errors."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from mnistpipe.data import processed
 from mnistpipe.data.datasets import TRAIN_LABELS
 from mnistpipe.modeling.checkpoints import load_checkpoint
 from mnistpipe.params import load_params
-from tests.helpers import params_file, run_chain, stage
+from tests.helpers import evaluate_paths, params_file, run_chain, stage
 
 
 def assert_one_line_error(result, prefix, fragment):
@@ -97,12 +98,11 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_train_and_evaluate_are_reproducible_to_the_byte(tmp_path, raw_dir):
+def test_train_and_evaluate_are_reproducible_to_the_byte(tmp_path, raw_dir, stage_chain):
     """The same bytes on a rerun with another thread count (portable numerics), DVCLive's
-    per-epoch files included."""
-    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
-    first, paths = run_chain(tmp_path, raw_dir, params_file(tmp_path / "one", raw_dir), "a")
-    two_threads = params_file(tmp_path / "two", raw_dir, **{"threads: 1": "threads: 2"})
+    per-epoch files included: the shared chain ran on 1 thread."""
+    first, paths, _ = stage_chain
+    two_threads = params_file(tmp_path, raw_dir, **{"threads: 1": "threads: 2"})
     second, _ = run_chain(tmp_path, raw_dir, two_threads, "b")
     assert files_of(first / "live") == files_of(second / "live")
     assert (first / "model.pt").read_bytes() == (second / "model.pt").read_bytes()
@@ -163,10 +163,11 @@ def test_train_trains_the_named_model_and_records_its_recipe(tmp_path, raw_dir):
 
 
 @pytest.mark.slow
-def test_evaluate_refuses_a_missing_or_mismatched_checkpoint(tmp_path, raw_dir):
-    params = params_file(tmp_path, raw_dir)
-    out, paths = run_chain(tmp_path, raw_dir, params, "a")
-    flags = [item for name, path in paths.items() for item in (f"--{name}", path)]
+def test_evaluate_refuses_a_missing_or_mismatched_checkpoint(tmp_path, stage_chain):
+    chain, _, params = stage_chain
+    out = tmp_path / "a"
+    shutil.copytree(chain / "processed", out / "processed")  # its meta.json is changed below
+    flags = [item for name, path in evaluate_paths(out).items() for item in (f"--{name}", path)]
     result = stage(
         "evaluate",
         "--data",
@@ -186,12 +187,13 @@ def test_evaluate_refuses_a_missing_or_mismatched_checkpoint(tmp_path, raw_dir):
         "--data",
         out / "processed",
         "--model",
-        out / "model.pt",
+        chain / "model.pt",
         *flags,
         "--params",
         params,
     )
     assert_one_line_error(result, "evaluate", "holds fashion-mnist but")
+    assert not any(path.exists() for path in evaluate_paths(out).values())
     assert "was trained on mnist" in result.stderr
 
 
