@@ -188,7 +188,9 @@ def test_a_checkpoint_from_before_a_recipe_key_reads_back_with_what_trained_it(t
     path = tmp_path / "model.pt"
     save_checkpoint(path, make_checkpoint())
     payload = torch.load(path, weights_only=True)
-    payload["recipe"] = {**payload["recipe"], "outlier_images": 123}
+    payload["recipe"] = {**payload["recipe"], "outlier_images": 123, "augment_blur": 0.25}
+    torch.save(payload, path)
+    assert load_checkpoint(path).recipe.augment_blur == 0.25  # a stored value is kept
     del payload["recipe"]["augment_blur"]
     torch.save(payload, path)
     loaded = load_checkpoint(path)

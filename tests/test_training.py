@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from mnistpipe.errors import PipelineError
+from mnistpipe.modeling import training
 from mnistpipe.modeling.checkpoints import Checkpoint, save_checkpoint
 from mnistpipe.modeling.device import make_deterministic, select_device
 from mnistpipe.modeling.models import build_model, to_unit
@@ -143,18 +144,27 @@ def bilinear_up(image: np.ndarray, size: int) -> np.ndarray:
     return rows[:, low] * (1 - weight)[None, :] + rows[:, high] * weight[None, :]
 
 
+def area_down(image: np.ndarray, size: int) -> np.ndarray:
+    """(n, n) -> (size, size): each output pixel the mean of the input pixels its cell
+    overlaps, cells from floor(i * n / size) to ceil((i + 1) * n / size): PyTorch's "area"."""
+    n = image.shape[0]
+    edges = [(i * n // size, -(-(i + 1) * n // size)) for i in range(size)]
+    return np.array([[image[a:b, c:d].mean() for c, d in edges] for a, b in edges])
+
+
 def test_blur_draws_the_chosen_images_at_a_lower_resolution_with_their_peak_kept():
     images = to_unit(toy_data(6, 0).images) * torch.tensor([1.0, 0.5, 1, 1, 1, 1]).view(6, 1, 1, 1)
-    side = 14  # 2x2 blocks: the area average is each block's mean
-    which = (side - BLUR_SIDES.start + 0.5) / len(BLUR_SIDES)
-    draws = torch.tensor([[0.1, which], [0.2, which], [0.9, which], [0.6, which]] + [[0.7, 0]] * 2)
+    sides = (14, 10)  # 14 px: 2x2 blocks; 10 px: cells that straddle pixels
+    which = [(side - BLUR_SIDES.start + 0.5) / len(BLUR_SIDES) for side in sides]
+    draws = torch.tensor(
+        [[0.1, which[0]], [0.2, which[1]], [0.9, which[0]], [0.6, which[1]], [0.7, 0], [0.7, 0]]
+    )
     blurred = blur(images, 0.5, draws)
     assert blurred.shape == images.shape
     torch.testing.assert_close(blurred[2:], images[2:], atol=0, rtol=0)  # draws >= share
-    for index in (0, 1):
+    for index, side in enumerate(sides):
         sharp = images[index, 0].numpy().astype(np.float64)
-        blocks = sharp.reshape(side, 2, side, 2).mean(axis=(1, 3))
-        expected = bilinear_up(blocks, 28)
+        expected = bilinear_up(area_down(sharp, side), 28)
         expected *= sharp.max() / expected.max()
         np.testing.assert_allclose(blurred[index, 0].numpy(), expected, atol=1e-5)
         assert blurred[index].max().item() == pytest.approx(sharp.max(), abs=1e-6)
@@ -162,6 +172,39 @@ def test_blur_draws_the_chosen_images_at_a_lower_resolution_with_their_peak_kept
     assert blur(images, 0.0, draws) is images
     everything = blur(images, 1.0, torch.rand(6, 2, generator=torch.Generator().manual_seed(1)))
     assert not torch.isclose(everything, images).all((1, 2, 3)).any()  # each one blurred
+
+
+def test_blur_in_training_is_seeded_and_covers_the_outliers_too(monkeypatch):
+    """train_epoch with blur on and outliers in the batches: the same weights from the same
+    seed, other weights than without blur, and each whole batch (digits and outliers) goes
+    through `blur` after the affine augmentation."""
+    seen = []
+
+    def recording_blur(images, share, draws):
+        seen.append((images.shape[0], draws.shape[0]))
+        return blur(images, share, draws)
+
+    monkeypatch.setattr(training, "blur", recording_blur)
+
+    def weights(share: float) -> torch.Tensor:
+        make_deterministic(0, threads=1)
+        model = small_cnn()
+        update = {"augment_blur": share, "outliers_per_batch": 4, "epochs": 1}
+        params = RECIPE.model_copy(update=update)
+        optimizer = make_optimizer(model, params)
+        schedule = make_schedule(optimizer, params, 8)  # one-cycle needs some room
+        outliers = torch.randint(0, 256, (12, 28, 28), generator=torch.Generator().manual_seed(2))
+        generator = torch.Generator().manual_seed(3)
+        data = toy_data(128, 1)
+        train_epoch(model, optimizer, schedule, data, params, generator, None, outliers.byte())
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    blurred = weights(0.5)
+    assert seen == [(RECIPE.batch_size + 4, RECIPE.batch_size + 4)] * 4  # 128 digits, 4 steps
+    torch.testing.assert_close(weights(0.5), blurred, atol=0, rtol=0)
+    seen.clear()
+    assert not torch.equal(weights(0.0), blurred)
+    assert seen == []  # off: never called, and the random stream is the one without blur
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,9 @@ def training_curves(history: pd.DataFrame) -> bytes:
     return to_png(figure)
 
 
+MOSAIC_DPI = 28  # mosaic pixels per inch of a digit grid: a digit is 1 in, 3.6x its 28 px
+
+
 def digit_grid(images: np.ndarray, captions: list[str], title: str, columns: int = 8) -> bytes:
     """(N, 28, 28) uint8 images in a grid, each with its caption above it: one mosaic in one
     axes (a subplot per digit took 1.3 s a grid, mostly in tight_layout's tick machinery)."""
@@ -128,15 +131,16 @@ def digit_grid(images: np.ndarray, captions: list[str], title: str, columns: int
     side, gap, band = images.shape[-1], 4, 14  # px in the mosaic: digit, margin, caption band
     cell_width, cell_height = side + 2 * gap, side + gap + band
     mosaic = np.zeros((rows * cell_height, columns * cell_width), dtype=np.uint8)
-    figure = plt.figure(figsize=(columns * 1.3, rows * 1.5 + 0.4))
-    axes = figure.add_axes((0.0, 0.0, 1.0, rows * 1.5 / (rows * 1.5 + 0.4)))
+    grid_height = rows * cell_height / MOSAIC_DPI  # inches: square pixels, 0.4 in for the title
+    figure = plt.figure(figsize=(columns * cell_width / MOSAIC_DPI, grid_height + 0.4))
+    axes = figure.add_axes((0.0, 0.0, 1.0, grid_height / (grid_height + 0.4)))
     for index, (image, caption) in enumerate(zip(images, captions, strict=True)):
         top, left = index // columns * cell_height + band, index % columns * cell_width + gap
         mosaic[top : top + side, left : left + side] = image
         axes.text(left + side / 2, top - 2, caption, ha="center", va="bottom", fontsize=8)
     axes.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, aspect="auto")
     axes.axis("off")
-    figure.suptitle(title, y=1 - 0.15 / (rows * 1.5 + 0.4))
+    figure.suptitle(title, y=1 - 0.15 / (grid_height + 0.4))
     return to_png(figure)
 
 
