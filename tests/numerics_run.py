@@ -6,8 +6,8 @@ trains the default CNN with the default recipe's ops (conv, batch norm, max-pool
 augmentation, Nesterov SGD, one-cycle, label smoothing) for 100 steps of 64 synthetic digits,
 then prints JSON: the sha256 of the weights, of the inference logits on held-out images, of
 the blur augmentation's output on other ones (that op alone), and what the machine and the
-knobs were. `--unpinned` gives MKL torch's thread count back after
-the mode is applied: the run that shows the tests would notice a thread-dependent MKL.
+knobs were. `--unpinned` gives MKL torch's thread count back after the mode is applied: the
+run that shows the tests would notice a thread-dependent MKL.
 """
 
 import hashlib

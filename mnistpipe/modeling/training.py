@@ -126,24 +126,22 @@ def train_epoch(
         picks = torch.randint(len(outliers), (steps, per_batch), generator=generator).to(device)
         outlier_draws = torch.rand(steps, per_batch, 4, generator=generator).to(device)
     if params.augment_blur:  # drawn last: a recipe without blur keeps its random stream
-        blur_draws = torch.rand(len(order), 2, generator=generator).to(device)
+        # Two more columns for `blur`: (N, 6) and (steps, per_batch, 6)
+        draws = torch.cat([draws, torch.rand(len(order), 2, generator=generator).to(device)], 1)
         if exposed:
-            outlier_blur = torch.rand(steps, per_batch, 2, generator=generator).to(device)
+            blurs = torch.rand(steps, per_batch, 2, generator=generator).to(device)
+            outlier_draws = torch.cat([outlier_draws, blurs], 2)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for step, start in enumerate(range(0, len(order), params.batch_size)):
         batch = order[start : start + params.batch_size]
         images, batch_draws = data.images[batch], draws[start : start + len(batch)]
-        if params.augment_blur:
-            batch_blur = blur_draws[start : start + len(batch)]
         if exposed:  # one forward pass: the digits, then the outliers
             images = torch.cat([images, outliers[picks[step]]])
             batch_draws = torch.cat([batch_draws, outlier_draws[step]])
-            if params.augment_blur:
-                batch_blur = torch.cat([batch_blur, outlier_blur[step]])
-        inputs = augment(to_unit(images), params, batch_draws)
+        inputs = augment(to_unit(images), params, batch_draws[:, :4])
         if params.augment_blur:
-            inputs = blur(inputs, params.augment_blur, batch_blur)
+            inputs = blur(inputs, params.augment_blur, batch_draws[:, 4:])
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             all_logits = model(inputs).float()
         logits = all_logits[: len(batch)]
