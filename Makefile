@@ -36,9 +36,11 @@ docs: params
 deps: $(STAMP)
 	python -m tools.stage_deps
 
+# ruff on the code; ShellCheck on the GitHub workflows' shell steps (tools/lint_workflows.py).
 lint: $(STAMP)
 	ruff check .
 	ruff format --check .
+	python -m tools.lint_workflows
 
 venv: $(STAMP)
 

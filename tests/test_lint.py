@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from tests.conftest import REPO
+from tests.helpers import schema_check
 
 
 def ruff(*args):
@@ -20,3 +21,66 @@ def test_ruff_lint_is_clean():
 def test_ruff_format_is_clean():
     result = ruff("format", "--check")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def lint_workflows(*paths):
+    command = [sys.executable, "-m", "tools.lint_workflows", *map(str, paths)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+
+
+def test_the_workflows_shell_steps_pass_shellcheck():
+    result = lint_workflows()
+    assert result.returncode == 0, result.stdout + result.stderr
+    workflows = len(list((REPO / ".github" / "workflows").glob("*.yml")))
+    assert "0 findings in" in result.stderr and f"of {workflows} workflows" in result.stderr
+    steps = int(result.stderr.split(" findings in ")[1].split()[0])
+    assert steps >= 10  # every run: step of ci.yml and sweep.yml was read, not none
+
+
+# A workflow that GitHub's schema accepts, with one ShellCheck finding (an unquoted variable)
+# on the second line of a block script, an expression that is fine as it is written, and a
+# Python step that ShellCheck must not read.
+FLAWED = """\
+name: flawed
+on: push
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v6
+      - name: An expression, quoted and not
+        run: echo "${{ github.sha }}" ${{ github.ref }}
+      - name: An unquoted variable
+        env:
+          TARGET: build
+        run: |
+          echo starting
+          cd $TARGET
+      - name: Not a shell
+        shell: python
+        run: print($x)
+"""
+
+
+def test_a_shellcheck_finding_that_the_schema_passes_fails_the_lint(tmp_path):
+    workflow = tmp_path / "flawed.yml"
+    workflow.write_text(FLAWED)
+    assert schema_check(workflow).returncode == 0  # the schema check alone misses it
+    result = lint_workflows(workflow)
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = FLAWED.splitlines().index("          cd $TARGET") + 1
+    assert result.stdout.splitlines() == [
+        f"{workflow}:{line}:14: info SC2086 Double quote to prevent globbing and word splitting."
+    ]
+    assert "1 findings in 2 shell steps of 1 workflows" in result.stderr
+    fixed = tmp_path / "fixed.yml"
+    fixed.write_text(FLAWED.replace("cd $TARGET", 'cd "$TARGET"'))
+    assert lint_workflows(fixed).returncode == 0
+
+
+def test_an_unreadable_workflow_is_one_line_naming_it(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text("jobs: [unclosed\n")
+    result = lint_workflows(broken)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and str(broken) in result.stderr
