@@ -27,7 +27,7 @@ from typing import NoReturn
 
 import yaml
 
-from tools.workflow_expressions import check
+from tools.workflow_expressions import check, values
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -66,16 +66,9 @@ def shellcheck() -> str:
     return str(binary)
 
 
-def mapping(node: yaml.Node | None) -> dict[str, yaml.Node]:
-    """A YAML mapping node's values by key (empty for anything else)."""
-    if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {key.value: value for key, value in node.value if isinstance(key, yaml.ScalarNode)}
-
-
 def default_shell(node: yaml.Node | None, inherited: str) -> str:
     """`defaults: run: shell:` of a workflow or job node, else `inherited`."""
-    shell = mapping(mapping(mapping(node).get("defaults")).get("run")).get("shell")
+    shell = values(values(values(node).get("defaults")).get("run")).get("shell")
     return shell.value if isinstance(shell, yaml.ScalarNode) else inherited
 
 
@@ -87,11 +80,11 @@ def scripts(path: Path) -> list[Script]:
         fail(f"{path}: cannot read it as a workflow ({' '.join(str(error).split())})")
     workflow_shell = default_shell(root, "bash")
     found = []
-    for job in mapping(mapping(root).get("jobs")).values():
+    for job in values(values(root).get("jobs")).values():
         job_shell = default_shell(job, workflow_shell)
-        steps = mapping(job).get("steps")
+        steps = values(job).get("steps")
         for step in steps.value if isinstance(steps, yaml.SequenceNode) else []:
-            fields = mapping(step)
+            fields = values(step)
             run, shell = fields.get("run"), fields.get("shell")
             if not isinstance(run, yaml.ScalarNode):
                 continue

@@ -42,9 +42,9 @@ class Scope:
     def problems(self, expression: str) -> list[str]:
         """What is wrong with the names of one expression (without its braces)."""
         found = []
+        known = {"steps": self.steps, "needs": self.needs, "inputs": self.inputs}
         for name, member in NAME.findall(STRING.sub("''", expression)):
             key = member[1:]
-            known = {"steps": self.steps, "needs": self.needs, "inputs": self.inputs}
             if name in FUNCTIONS or name in LITERALS:
                 continue
             if name not in CONTEXTS:
@@ -62,7 +62,7 @@ def describe(names: frozenset[str]) -> str:
 
 @dataclass
 class Checker:
-    """Walks a composed workflow and collects `LINE: problem` lines (1-based lines)."""
+    """Walks a composed workflow and collects (line, problem) pairs (1-based lines)."""
 
     text: str
     found: list[tuple[int, str]] = field(default_factory=list)
@@ -91,6 +91,7 @@ class Checker:
 
 
 def values(node: yaml.Node | None) -> dict[str, yaml.Node]:
+    """A YAML mapping node's values by key (empty for anything else)."""
     if not isinstance(node, yaml.MappingNode):
         return {}
     return {key.value: value for key, value in node.value if isinstance(key, yaml.ScalarNode)}
