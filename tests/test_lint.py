@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import REPO
 from tests.helpers import schema_check
@@ -62,12 +63,18 @@ jobs:
 """
 
 
-def test_a_shellcheck_finding_that_the_schema_passes_fails_the_lint(tmp_path):
-    workflow = tmp_path / "flawed.yml"
-    workflow.write_text(FLAWED)
+def failed_lint(workflow: Path, text: str) -> subprocess.CompletedProcess:
+    """The lint of a workflow holding `text`, which the schema check passes and the lint fails."""
+    workflow.write_text(text)
     assert schema_check(workflow).returncode == 0  # the schema check alone misses it
     result = lint_workflows(workflow)
     assert result.returncode == 1, result.stdout + result.stderr
+    return result
+
+
+def test_a_shellcheck_finding_that_the_schema_passes_fails_the_lint(tmp_path):
+    workflow = tmp_path / "flawed.yml"
+    result = failed_lint(workflow, FLAWED)
     line = FLAWED.splitlines().index("          cd $TARGET") + 1
     assert result.stdout.splitlines() == [
         f"{workflow}:{line}:14: info SC2086 Double quote to prevent globbing and word splitting."
@@ -119,10 +126,7 @@ jobs:
 
 def test_an_expression_naming_what_is_not_there_fails_the_lint(tmp_path):
     workflow = tmp_path / "misnamed.yml"
-    workflow.write_text(MISNAMED)
-    assert schema_check(workflow).returncode == 0  # the schema check alone misses them
-    result = lint_workflows(workflow)
-    assert result.returncode == 1, result.stdout + result.stderr
+    result = failed_lint(workflow, MISNAMED)
     lines = MISNAMED.splitlines()
 
     def at(text: str) -> int:
