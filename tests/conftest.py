@@ -93,14 +93,19 @@ def synthetic_spec(files: dict[str, bytes]) -> DatasetSpec:
     )
 
 
-@pytest.fixture
-def raw_dir(tmp_path: Path) -> Path:
-    """A folder holding a synthetic dataset's four idx files."""
-    folder = tmp_path / "raw"
+def synthetic_raw(parent: Path) -> Path:
+    """parent/raw, holding the four idx files of `synthetic_files()`."""
+    folder = parent / "raw"
     folder.mkdir()
     for name, data in synthetic_files().items():
         (folder / name).write_bytes(data)
     return folder
+
+
+@pytest.fixture
+def raw_dir(tmp_path: Path) -> Path:
+    """A folder holding a synthetic dataset's four idx files."""
+    return synthetic_raw(tmp_path)
 
 
 TRACER = Path(__file__).with_name("tracer")  # its sitecustomize.py records what a process loads
@@ -204,10 +209,7 @@ def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path
 def build_stage_chain(folder: Path) -> None:
     from tests.helpers import params_file, run_chain  # helpers imports this module
 
-    raw = folder / "raw"
-    raw.mkdir()
-    for name, data in synthetic_files().items():
-        (raw / name).write_bytes(data)
+    raw = synthetic_raw(folder)
     run_chain(folder, raw, params_file(folder, raw), "a")
 
 

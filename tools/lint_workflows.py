@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,11 +26,10 @@ from typing import NoReturn
 
 import yaml
 
-from tools.workflow_expressions import check, values
+from tools.workflow_expressions import EXPRESSION, check, values
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / ".github" / "workflows"
-EXPRESSION = re.compile(r"\$\{\{.*?\}\}")  # GitHub's ${{ ... }}, on one line
 SHELLS = {"bash": "bash", "sh": "sh"}  # the step shells ShellCheck reads, and its dialect
 # The steps run under `set -e` (bash: `set -eo pipefail`), as GitHub runs them. Left out as
 # actionlint leaves them out: sourced files absent here (SC1091), and what the underscores of
@@ -72,12 +70,18 @@ def default_shell(node: yaml.Node | None, inherited: str) -> str:
     return shell.value if isinstance(shell, yaml.ScalarNode) else inherited
 
 
-def scripts(path: Path) -> list[Script]:
-    """The `run:` scripts of every job's steps in the workflow at `path`."""
+def read(path: Path) -> tuple[str, yaml.Node]:
+    """The text of the workflow at `path`, and its YAML composed (nodes keep their lines)."""
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        return text, yaml.compose(text)
     except (OSError, yaml.YAMLError) as error:
         fail(f"{path}: cannot read it as a workflow ({' '.join(str(error).split())})")
+
+
+def scripts(path: Path, text: str, root: yaml.Node) -> list[Script]:
+    """The `run:` scripts of every job's steps in the workflow `root` (read from `path`)."""
+    lines = text.splitlines()
     workflow_shell = default_shell(root, "bash")
     found = []
     for job in values(values(root).get("jobs")).values():
@@ -97,7 +101,6 @@ def scripts(path: Path) -> list[Script]:
             first_line = mark.line + (2 if block else 1)
             column = 1 if block else mark.column + 1
             if block:  # the column of the script's first line: its indentation
-                lines = path.read_text(encoding="utf-8").splitlines()
                 text_line = lines[first_line - 1] if first_line <= len(lines) else ""
                 column = len(text_line) - len(text_line.lstrip(" ")) + 1
             found.append(Script(path, run.value, dialect, first_line, column))
@@ -144,11 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     paths = args.workflows or sorted(WORKFLOWS.glob("*.yml"))
     binary = shellcheck()
-    steps = [script for path in paths for script in scripts(path)]
+    workflows = {path: read(path) for path in paths}
+    steps = [
+        script for path, (text, root) in workflows.items() for script in scripts(path, text, root)
+    ]
     problems = [line for script in steps for line in findings(script, binary)]
-    for path in paths:  # scripts() read them: they are YAML
-        for line, problem in check(path.read_text(encoding="utf-8")):
-            problems.append(f"{path}:{line}: error {problem}")
+    for path, (text, root) in workflows.items():
+        problems += [f"{path}:{line}: error {problem}" for line, problem in check(text, root)]
     for line in problems:
         print(line)
     print(

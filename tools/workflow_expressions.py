@@ -64,7 +64,7 @@ def describe(names: frozenset[str]) -> str:
 class Checker:
     """Walks a composed workflow and collects (line, problem) pairs (1-based lines)."""
 
-    text: str
+    lines: list[str]  # the workflow's
     found: list[tuple[int, str]] = field(default_factory=list)
 
     def scalars(self, node: yaml.Node, scope: Scope, condition: bool = False) -> None:
@@ -86,7 +86,7 @@ class Checker:
     def line_of(self, node: yaml.ScalarNode, expression: str) -> int:
         """The line of `expression` within the scalar `node`, in the file."""
         start = node.start_mark.line + 1
-        lines = self.text.splitlines()[start - 1 : node.end_mark.line + 1]
+        lines = self.lines[start - 1 : node.end_mark.line + 1]
         return next((start + i for i, line in enumerate(lines) if expression in line), start)
 
 
@@ -118,13 +118,14 @@ def matrix_keys(job: dict[str, yaml.Node]) -> frozenset[str] | None:
     return frozenset(keys)
 
 
-def check(text: str) -> list[tuple[int, str]]:
-    """(line, problem) of every expression in the workflow `text` that uses an unknown name."""
-    workflow = values(yaml.compose(text))
+def check(text: str, root: yaml.Node) -> list[tuple[int, str]]:
+    """(line, problem) of every expression in a workflow that uses an unknown name: `text`,
+    and `root`, its YAML composed (`yaml.compose`)."""
+    workflow = values(root)
     triggers = values(workflow.get("on"))  # composed, `on` is still the string "on"
     inputs = names(values(triggers.get("workflow_dispatch")).get("inputs"))
     inputs |= names(values(triggers.get("workflow_call")).get("inputs"))
-    checker = Checker(text)
+    checker = Checker(text.splitlines())
     for key, node in workflow.items():
         if key != "jobs":
             checker.scalars(node, Scope(inputs))
